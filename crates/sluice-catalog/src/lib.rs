@@ -1,0 +1,17 @@
+//! Sluice's catalog: streams and tables, persisted in the state store with
+//! their rows, and resolved by name for DataFusion.
+//!
+//! Tables keep the latest row per primary key (an INSERT of an existing key
+//! replaces the row); streams keep an append-only log of inserted batches
+//! that the dataflow will consume.
+
+mod catalog;
+mod entry;
+mod options;
+mod provider;
+mod rows;
+
+pub use catalog::{Catalog, Created, Relation};
+pub use entry::{Column, RelationEntry, Watermark};
+pub use provider::{RelationTable, SluiceSchema};
+pub use rows::RowCodec;

@@ -1,0 +1,95 @@
+//! Validation of `WITH (...)` options against the connectors that exist.
+//!
+//! A stream or table without `connector` is fed by `INSERT`. No external
+//! connector is built in yet; the list below is where each one registers the
+//! options it accepts.
+
+use std::collections::BTreeMap;
+
+use sluice_common::{Result, SluiceError};
+use sluice_sql::RelationKind;
+
+/// A connector Sluice can read a stream or table from, with the options it
+/// accepts besides `connector` itself.
+struct ConnectorSpec {
+    name: &'static str,
+    options: &'static [&'static str],
+}
+
+/// The connectors that exist.
+const CONNECTORS: &[ConnectorSpec] = &[];
+
+/// Checks the options of a `CREATE STREAM|TABLE` and returns them as a map.
+pub fn validate(
+    kind: RelationKind,
+    name: &str,
+    options: &[(String, String)],
+) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for (key, value) in options {
+        if map.insert(key.clone(), value.clone()).is_some() {
+            return Err(SluiceError::InvalidOption {
+                message: format!("option \"{key}\" is given more than once"),
+                hint: None,
+            });
+        }
+    }
+    let accepted: &[&str] = match map.get("connector") {
+        None => &[],
+        Some(connector) => {
+            let known: Vec<&str> = CONNECTORS.iter().map(|c| c.name).collect();
+            match CONNECTORS.iter().find(|c| c.name == connector.as_str()) {
+                Some(spec) => spec.options,
+                None => {
+                    return Err(SluiceError::InvalidOption {
+                        message: format!("unknown connector \"{connector}\" for {kind} \"{name}\""),
+                        hint: Some(if known.is_empty() {
+                            "no external connector is available in this version; leave out WITH \
+                             to create a stream or table fed by INSERT"
+                                .to_owned()
+                        } else {
+                            format!("available connectors: {}", known.join(", "))
+                        }),
+                    });
+                }
+            }
+        }
+    };
+    for key in map.keys() {
+        if key != "connector" && !accepted.contains(&key.as_str()) {
+            return Err(SluiceError::InvalidOption {
+                message: format!("unrecognized option \"{key}\" for {kind} \"{name}\""),
+                hint: Some(if accepted.is_empty() {
+                    "without a connector, a stream or table takes no options".to_owned()
+                } else {
+                    format!("accepted options: {}", accepted.join(", "))
+                }),
+            });
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_options_is_fine_and_unknown_ones_are_not() {
+        assert!(validate(RelationKind::Stream, "s", &[]).expect("ok").is_empty());
+        let e = validate(RelationKind::Stream, "s", &opts(&[("connector", "kafka")])).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert!(e.to_string().contains("unknown connector \"kafka\""));
+        let e = validate(RelationKind::Table, "t", &opts(&[("topic", "x")])).unwrap_err();
+        assert!(e.to_string().contains("unrecognized option \"topic\""));
+        let e = validate(RelationKind::Table, "t", &opts(&[("a", "1"), ("a", "2")])).unwrap_err();
+        assert!(e.to_string().contains("more than once"));
+    }
+}

@@ -1,0 +1,162 @@
+//! Authentication: trust by default (any user, no password, like a fresh
+//! local Postgres); when a password is configured, MD5 or cleartext password
+//! exchange, checked against the configured user and password.
+
+use std::collections::hash_map::RandomState;
+use std::fmt::Debug;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::Sink;
+use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
+use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::ClientInfo;
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use sluice_common::{AuthMethod, Config};
+
+/// Who may log in, from the configuration.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    user: Option<String>,
+    password: Option<String>,
+    method: AuthMethod,
+}
+
+impl AuthSettings {
+    /// The settings in `config`.
+    pub fn from_config(config: &Config) -> Self {
+        AuthSettings {
+            user: config.user.clone(),
+            password: config.password.clone(),
+            method: config.auth_method,
+        }
+    }
+
+    /// A startup handler for one new connection.
+    pub fn handler(&self) -> Startup {
+        let Some(password) = &self.password else {
+            return Startup::Trust(Trust {
+                user: self.user.clone(),
+            });
+        };
+        let source = ConfiguredPassword {
+            user: self.user.clone(),
+            password: password.clone(),
+            method: self.method,
+        };
+        match self.method {
+            AuthMethod::Md5 => Startup::Md5(Md5PasswordAuthStartupHandler::new(
+                Arc::new(source),
+                Arc::new(DefaultServerParameterProvider::default()),
+            )),
+            AuthMethod::Cleartext => Startup::Cleartext(CleartextPasswordAuthStartupHandler::new(
+                source,
+                DefaultServerParameterProvider::default(),
+            )),
+        }
+    }
+}
+
+/// The configured user and password.
+#[derive(Debug, Clone)]
+pub struct ConfiguredPassword {
+    user: Option<String>,
+    password: String,
+    method: AuthMethod,
+}
+
+#[async_trait]
+impl AuthSource for ConfiguredPassword {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        if self.user.as_deref().is_some_and(|expected| expected != user) {
+            return Err(PgWireError::InvalidPassword(user.to_owned()));
+        }
+        Ok(match self.method {
+            AuthMethod::Md5 => {
+                let salt = random_salt();
+                let hashed = hash_md5_password(user, &self.password, &salt);
+                Password::new(Some(salt.to_vec()), hashed.into_bytes())
+            }
+            AuthMethod::Cleartext => Password::new(None, self.password.clone().into_bytes()),
+        })
+    }
+}
+
+fn random_salt() -> [u8; 4] {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    );
+    let bytes = hasher.finish().to_le_bytes();
+    [bytes[0], bytes[1], bytes[2], bytes[3]]
+}
+
+/// Trust mode: every login succeeds, unless a user is configured and the
+/// client names another one.
+#[derive(Debug)]
+pub struct Trust {
+    user: Option<String>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Trust {
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let login = LoginInfo::from_client_info(client);
+        let user = login.user().unwrap_or_default();
+        match &self.user {
+            Some(expected) if expected != user => {
+                Err(PgWireError::InvalidPassword(user.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The startup handler of one connection, per the configured method.
+pub enum Startup {
+    /// No password.
+    Trust(Trust),
+    /// MD5 password.
+    Md5(Md5PasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>),
+    /// Cleartext password.
+    Cleartext(CleartextPasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(h) => h.on_startup(client, message).await,
+            Startup::Md5(h) => h.on_startup(client, message).await,
+            Startup::Cleartext(h) => h.on_startup(client, message).await,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The engine behind every session: the catalog, the state store, and the
+//! DataFusion context that plans queries over them.
+//!
+//! Statements arrive parsed ([`sluice_sql::Statement`]); Sluice's own
+//! statements go to their handler in [`crate::handlers`], standard SQL
+//! (SELECT, INSERT, UPDATE, DELETE) is planned and run by DataFusion.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::{LogicalPlan, WriteOp};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use sluice_catalog::{Catalog, SluiceSchema};
+use sluice_common::{Result, SluiceError};
+use sluice_sql::Statement;
+use sluice_state::StateBackend;
+
+use crate::handlers;
+
+/// The name clients see as the database (`current_database()`).
+pub const DATABASE: &str = "sluice";
+
+/// What a statement produced.
+#[derive(Debug)]
+pub enum Output {
+    /// Rows, all computed.
+    Rows {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
+    /// A command tag such as `INSERT 0 3` or `CREATE STREAM`.
+    Command {
+        /// The command word(s).
+        tag: String,
+        /// Rows affected, for tags that report them.
+        rows: Option<usize>,
+    },
+    /// `BEGIN`: Sluice applies every statement at once, so transactions only
+    /// mark a block for clients that open one.
+    TransactionStart,
+    /// `COMMIT` or `ROLLBACK`.
+    TransactionEnd(&'static str),
+}
+
+impl Output {
+    /// A command tag without a row count.
+    pub fn command(tag: &str) -> Self {
+        Output::Command {
+            tag: tag.to_owned(),
+            rows: None,
+        }
+    }
+}
+
+/// A statement parsed, and planned when DataFusion runs it: what a prepared
+/// statement holds.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The statement.
+    pub statement: Statement,
+    /// DataFusion's plan, for statements DataFusion runs.
+    pub plan: Option<LogicalPlan>,
+}
+
+/// Shared by every session of a server.
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    ctx: SessionContext,
+    pg_rewriter: PostgresCompatibilityParser,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the catalog in `store` and sets up the query context.
+    pub fn open(store: Arc<dyn StateBackend>) -> Result<Self> {
+        let catalog = Catalog::open(store)?;
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE, "public")
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        let provider = MemoryCatalogProvider::new();
+        provider.register_schema("public", Arc::new(SluiceSchema::new(catalog.clone())))?;
+        ctx.register_catalog(DATABASE, Arc::new(provider));
+        datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
+            .map_err(|e| SluiceError::from(*e))?;
+        Ok(Engine {
+            catalog,
+            ctx,
+            pg_rewriter: PostgresCompatibilityParser::new(),
+        })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The DataFusion context queries are planned in.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans a statement: DataFusion's plan for standard SQL, nothing for
+    /// Sluice's own statements (they are checked when they run).
+    pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
+        let plan = match &statement {
+            Statement::Sql(sql) if runs_in_datafusion(sql) => {
+                let rewritten = self.pg_rewriter.rewrite(sql.as_ref().clone());
+                let plan = self
+                    .ctx
+                    .state()
+                    .statement_to_plan(DfStatement::Statement(Box::new(rewritten)))
+                    .await?;
+                Some(plan)
+            }
+            _ => None,
+        };
+        Ok(Prepared { statement, plan })
+    }
+
+    /// Runs a prepared statement with its parameter values.
+    pub async fn execute(&self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        match (&prepared.statement, &prepared.plan) {
+            (_, Some(plan)) => {
+                let plan = match params {
+                    Some(params) => plan.clone().replace_params_with_values(&params)?,
+                    None => plan.clone(),
+                };
+                self.run_plan(plan).await
+            }
+            (statement, None) => handlers::execute(self, statement).await,
+        }
+    }
+
+    /// Parses, plans and runs one statement (simple query protocol).
+    pub async fn run(&self, statement: Statement) -> Result<Output> {
+        let prepared = self.prepare(statement).await?;
+        self.execute(&prepared, None).await
+    }
+
+    async fn run_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        let dml = match &plan {
+            LogicalPlan::Dml(dml) => Some(match dml.op {
+                WriteOp::Insert(_) => "INSERT",
+                WriteOp::Update => "UPDATE",
+                WriteOp::Delete => "DELETE",
+                _ => {
+                    return Err(SluiceError::not_supported(
+                        format!("{}", dml.op),
+                        None,
+                    ))
+                }
+            }),
+            _ => None,
+        };
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        match dml {
+            Some(tag) => {
+                let count = handlers::dml_count(&batches)?;
+                Ok(Output::Command {
+                    tag: tag.to_owned(),
+                    rows: Some(count),
+                })
+            }
+            None => Ok(Output::Rows { schema, batches }),
+        }
+    }
+}
+
+/// Whether DataFusion plans and runs this standard statement.
+fn runs_in_datafusion(statement: &ast::Statement) -> bool {
+    match statement {
+        ast::Statement::Query(_)
+        | ast::Statement::Insert(_)
+        | ast::Statement::Update(_)
+        | ast::Statement::Delete(_) => true,
+        ast::Statement::Explain { statement, .. } => runs_in_datafusion(statement),
+        _ => false,
+    }
+}

@@ -1,0 +1,75 @@
+//! One handler per Sluice statement. Standard SQL that DataFusion runs does
+//! not come here (see [`crate::engine`]).
+
+mod create;
+mod describe;
+mod drop;
+mod flush;
+mod session;
+mod show;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use sluice_common::{Result, SluiceError};
+use sluice_sql::Statement;
+
+use crate::engine::{Engine, Output};
+
+/// Runs one of Sluice's own statements.
+pub async fn execute(engine: &Engine, statement: &Statement) -> Result<Output> {
+    match statement {
+        Statement::CreateRelation(create) => create::execute(engine, create).await,
+        Statement::Drop(drop) => drop::execute(engine, drop).await,
+        Statement::ShowRelations(kind) => show::execute(engine, *kind),
+        Statement::Describe(name) => describe::execute(engine, name),
+        Statement::Flush => flush::execute(engine).await,
+        Statement::Sql(sql) => session::execute(sql),
+    }
+}
+
+/// The columns a statement returns, known before it runs (for `Describe`
+/// in the extended protocol). `None` when it returns no rows.
+pub fn result_schema(statement: &Statement) -> Option<SchemaRef> {
+    match statement {
+        Statement::ShowRelations(_) => Some(show::schema()),
+        Statement::Describe(_) => Some(describe::schema()),
+        Statement::Sql(sql) => session::result_schema(sql),
+        _ => None,
+    }
+}
+
+/// The row count of a DML result (`count` column, one row).
+pub fn dml_count(batches: &[RecordBatch]) -> Result<usize> {
+    let mut total = 0;
+    for batch in batches {
+        let Some(counts) = batch
+            .columns()
+            .first()
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        else {
+            return Err(SluiceError::internal("DML result without a count column"));
+        };
+        total += counts.iter().flatten().sum::<u64>() as usize;
+    }
+    Ok(total)
+}
+
+/// Rows from a single batch.
+fn rows(schema: SchemaRef, batch: RecordBatch) -> Output {
+    Output::Rows {
+        schema,
+        batches: vec![batch],
+    }
+}
+
+fn text_schema(names: &[&str]) -> SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
+}

@@ -1,0 +1,132 @@
+//! Sluice's pgwire endpoint: accepts Postgres connections, authenticates
+//! them, and runs their statements on the shared [`Engine`].
+//!
+//! Statement handlers live in `handlers/` (one file per Sluice statement);
+//! `session` speaks the simple and extended query protocols; `auth` decides
+//! who may log in.
+
+mod auth;
+pub mod engine;
+mod handlers;
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::PgWireError;
+use sluice_common::{Config, Result, SluiceError};
+use sluice_state::{RocksBackend, StateBackend};
+use tokio::net::TcpListener;
+
+pub use auth::AuthSettings;
+pub use engine::{Engine, Output};
+pub use session::SessionService;
+
+/// A bound, ready Sluice server.
+pub struct Server {
+    listener: TcpListener,
+    handlers: Arc<Handlers>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Opens the data directory and binds the listen address.
+    pub async fn bind(config: &Config) -> Result<Server> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            SluiceError::Storage(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store: Arc<dyn StateBackend> =
+            Arc::new(RocksBackend::open(&config.data_dir.join("state"))?);
+        let engine = Arc::new(Engine::open(store)?);
+        let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+            SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        Ok(Server {
+            listener,
+            handlers: Arc::new(Handlers {
+                service: Arc::new(SessionService::new(engine)),
+                auth: AuthSettings::from_config(config),
+            }),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| SluiceError::internal(format!("listener has no address: {e}")))
+    }
+
+    /// Serves connections until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        tracing::info!(addr = %self.local_addr()?, "sluice is ready for connections");
+        tokio::pin!(shutdown);
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let handlers = self.handlers.clone();
+                        connections.spawn(async move {
+                            tracing::debug!(%peer, "connection opened");
+                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                tracing::warn!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.shutdown().await;
+        tracing::info!("sluice stopped");
+        Ok(())
+    }
+}
+
+struct Handlers {
+    service: Arc<SessionService>,
+    auth: AuthSettings,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(self.auth.handler())
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+}
+
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
+        tracing::debug!(peer = %client.socket_addr(), %error, "error sent to client");
+    }
+}

@@ -1,0 +1,115 @@
+//! Statements of the Sluice dialect.
+//!
+//! Sluice's own statements get their own nodes; everything standard
+//! (queries, INSERT, UPDATE, DELETE, SET, transactions) stays a sqlparser
+//! statement and is planned by DataFusion.
+
+use std::fmt;
+
+use datafusion::sql::sqlparser::ast;
+
+use crate::types::SqlType;
+
+/// One parsed statement.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// `CREATE STREAM` or `CREATE TABLE`.
+    CreateRelation(CreateRelation),
+    /// `DROP STREAM|TABLE [IF EXISTS] name [, ...]`.
+    Drop(Drop),
+    /// `SHOW STREAMS` / `SHOW TABLES`.
+    ShowRelations(RelationKind),
+    /// `DESCRIBE name`.
+    Describe(ast::ObjectName),
+    /// `FLUSH`: returns once everything inserted before it is reflected in
+    /// every view.
+    Flush,
+    /// Any other statement, as sqlparser parsed it.
+    Sql(Box<ast::Statement>),
+}
+
+/// Streams are append-only; tables hold the latest row per primary key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelationKind {
+    /// Append-only events.
+    Stream,
+    /// A changelog keyed by its primary key.
+    Table,
+}
+
+impl RelationKind {
+    /// The keyword, lower case: `stream` or `table`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            RelationKind::Stream => "stream",
+            RelationKind::Table => "table",
+        }
+    }
+}
+
+impl fmt::Display for RelationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl From<RelationKind> for sluice_common::ObjectKind {
+    fn from(kind: RelationKind) -> Self {
+        match kind {
+            RelationKind::Stream => sluice_common::ObjectKind::Stream,
+            RelationKind::Table => sluice_common::ObjectKind::Table,
+        }
+    }
+}
+
+/// `CREATE STREAM|TABLE [IF NOT EXISTS] name (columns, [PRIMARY KEY (...)],
+/// [WATERMARK FOR col AS expr]) [WITH (...)]`.
+#[derive(Debug, Clone)]
+pub struct CreateRelation {
+    /// Stream or table.
+    pub kind: RelationKind,
+    /// The name, unqualified.
+    pub name: String,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The declared columns, in order.
+    pub columns: Vec<ColumnDef>,
+    /// Primary key column names, from the column or table constraint.
+    pub primary_key: Vec<String>,
+    /// `WATERMARK FOR column AS expr`.
+    pub watermark: Option<WatermarkDef>,
+    /// `WITH (key = value, ...)`, keys lower-cased, values as text.
+    pub options: Vec<(String, String)>,
+}
+
+/// One declared column.
+#[derive(Debug, Clone)]
+pub struct ColumnDef {
+    /// The name, as Postgres folds it (lower case unless quoted).
+    pub name: String,
+    /// Its type.
+    pub sql_type: SqlType,
+    /// `NOT NULL` was declared (primary key columns are never null either).
+    pub not_null: bool,
+}
+
+/// `WATERMARK FOR column AS expr`.
+#[derive(Debug, Clone)]
+pub struct WatermarkDef {
+    /// The event-time column.
+    pub column: String,
+    /// The watermark expression over that column.
+    pub expr: ast::Expr,
+}
+
+/// `DROP STREAM|TABLE [IF EXISTS] names`.
+#[derive(Debug, Clone)]
+pub struct Drop {
+    /// What kind of object the statement names.
+    pub kind: RelationKind,
+    /// `IF EXISTS` was given.
+    pub if_exists: bool,
+    /// The objects to drop.
+    pub names: Vec<String>,
+}

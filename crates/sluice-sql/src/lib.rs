@@ -1,0 +1,11 @@
+//! The Sluice SQL dialect: PostgreSQL as sqlparser (the version DataFusion
+//! re-exports) parses it, plus Sluice's streaming statements. Parsing only:
+//! no catalog lookups and no planning happen here.
+
+pub mod ast;
+pub mod parser;
+pub mod types;
+
+pub use ast::{ColumnDef, CreateRelation, Drop, RelationKind, Statement, WatermarkDef};
+pub use parser::{normalize_ident, object_name, parse};
+pub use types::SqlType;

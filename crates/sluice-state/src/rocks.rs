@@ -1,0 +1,95 @@
+//! RocksDB backend: one database under the data directory, default column
+//! family, LZ4-compressed, every write batch synced to the WAL.
+
+use std::path::Path;
+
+use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+
+use crate::{prefix_successor, KeyValue, Result, StateBackend, StateError, WriteBatch, WriteOp};
+
+/// A [`StateBackend`] stored in RocksDB.
+pub struct RocksBackend {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksBackend")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn backend(e: rocksdb::Error) -> StateError {
+    StateError::Backend(e.into_string())
+}
+
+impl RocksBackend {
+    /// Opens (or creates) the database in `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&opts, path).map_err(backend)?;
+        tracing::info!(path = %path.display(), "state store opened");
+        Ok(RocksBackend { db })
+    }
+
+    fn prefix_read_options(prefix: &[u8]) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = prefix_successor(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        ro
+    }
+}
+
+impl StateBackend for RocksBackend {
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| r.map_err(backend))
+            .collect()
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                WriteOp::Put(k, v) => wb.put(k, v),
+                WriteOp::Delete(k) => wb.delete(k),
+                WriteOp::DeletePrefix(prefix) => match prefix_successor(&prefix) {
+                    Some(end) => wb.delete_range(prefix, end),
+                    None => {
+                        for (k, _) in self.scan_prefix(&prefix)? {
+                            wb.delete(k);
+                        }
+                    }
+                },
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(backend)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
+        let iter = self.db.iterator_opt(
+            IteratorMode::From(prefix, Direction::Forward),
+            Self::prefix_read_options(prefix),
+        );
+        iter.map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>> {
+        let mut ro = Self::prefix_read_options(prefix);
+        ro.set_iterate_lower_bound(prefix.to_vec());
+        let mut iter = self.db.iterator_opt(IteratorMode::End, ro);
+        iter.next()
+            .transpose()
+            .map(|kv| kv.map(|(k, v)| (k.into_vec(), v.into_vec())))
+            .map_err(backend)
+    }
+}

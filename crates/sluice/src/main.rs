@@ -1,0 +1,148 @@
+//! The `sluice` binary: `sluice serve` runs the server.
+//!
+//! Configuration comes from a TOML file (`--config`), then environment
+//! variables (`SLUICE_*`), then flags; each later source overrides the
+//! earlier ones. See `docs/config.md`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sluice_common::{AuthMethod, Config};
+
+/// Sluice: a streaming SQL engine. Connect with psql, declare streams and
+/// tables, and query them.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: pgwire on --listen, all state under --data-dir.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file; its values are overridden by environment
+    /// variables and flags.
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address the Postgres protocol endpoint listens on
+    /// [default: 127.0.0.1:4566, loopback only].
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST:PORT")]
+    listen: Option<String>,
+
+    /// Directory holding the catalog and all state (RocksDB); created if
+    /// missing [default: ./sluice-data].
+    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// User clients must log in as [default: any user].
+    #[arg(long, env = "SLUICE_USER")]
+    user: Option<String>,
+
+    /// Password clients must give; prefer the environment variable over the
+    /// flag [default: none, trust mode].
+    #[arg(long, env = "SLUICE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+
+    /// How a configured password is exchanged: md5 or cleartext [default: md5].
+    #[arg(long, env = "SLUICE_AUTH_METHOD", value_name = "METHOD")]
+    auth_method: Option<AuthMethod>,
+
+    /// Log filter, e.g. `info` or `sluice_server=debug` [default: info].
+    #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
+    log: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.user {
+            config.user = Some(v);
+        }
+        if let Some(v) = self.password {
+            config.password = Some(v);
+        }
+        if let Some(v) = self.auth_method {
+            config.auth_method = v;
+        }
+        if let Some(v) = self.log {
+            config.log = v;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.into_config()?;
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&config.log)
+                        .with_context(|| format!("invalid log filter {:?}", config.log))?,
+                )
+                .init();
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = sluice_server::Server::bind(&config).await?;
+    tracing::info!(
+        listen = %server.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        auth = if config.password.is_some() { "password" } else { "trust" },
+        "starting sluice"
+    );
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

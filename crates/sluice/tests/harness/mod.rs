@@ -1,0 +1,7 @@
+//! Support for the behaviour tests: a Sluice server in this process, a
+//! sqllogictest database over tokio-postgres, and the crash test.
+
+pub mod crash;
+pub mod server;
+pub mod slt;
+pub mod values;

@@ -1,0 +1,118 @@
+//! The behaviour tests: every `sql-tests/**/*.slt` file runs against a real
+//! Sluice server started in this process on a free port, over tokio-postgres,
+//! once with the simple and once with the extended query protocol, each run
+//! in a fresh data directory. Then the crash test: a `sluice serve` child
+//! process killed with SIGKILL loses no acknowledged row or definition.
+//!
+//! ```text
+//! cargo test -p sluice --test sqllogictests                  # everything
+//! cargo test -p sluice --test sqllogictests -- ddl           # files whose path contains "ddl"
+//! cargo test -p sluice --test sqllogictests -- --complete    # rewrite expected output
+//! ```
+//!
+//! Harness directives inside `.slt` files are described in `sql-tests/README.md`.
+
+#![allow(clippy::print_stdout)]
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use harness::{crash, slt};
+
+fn slt_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "scratch") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "slt") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let complete = args.iter().any(|a| a == "--complete");
+    // libtest flags that cargo may pass through are ignored.
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let matches = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql-tests");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    let started = Instant::now();
+
+    for file in slt_files(&root) {
+        let name = file
+            .strip_prefix(&root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        if !matches(&name) {
+            continue;
+        }
+        let modes: &[slt::Protocol] = if complete {
+            &[slt::Protocol::Simple]
+        } else {
+            &[slt::Protocol::Simple, slt::Protocol::Extended]
+        };
+        for &mode in modes {
+            let t = Instant::now();
+            let result = runtime.block_on(slt::run_file(&file, mode, complete));
+            match result {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok      {name} [{mode}] ({:.1}s)", t.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    println!("FAILED  {name} [{mode}]\n{e}\n");
+                    failures.push(format!("{name} [{mode}]"));
+                }
+            }
+        }
+    }
+
+    if !complete && matches("crash") {
+        let t = Instant::now();
+        match runtime.block_on(crash::kill_9_loses_nothing()) {
+            Ok(()) => {
+                passed += 1;
+                println!("ok      crash: kill -9 loses nothing ({:.1}s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                println!("FAILED  crash: kill -9 loses nothing\n{e:?}\n");
+                failures.push("crash: kill -9 loses nothing".to_owned());
+            }
+        }
+    }
+
+    println!(
+        "\n{passed} passed, {} failed in {:.1}s",
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        for f in &failures {
+            println!("  failed: {f}");
+        }
+        std::process::exit(1);
+    }
+    if passed == 0 {
+        println!("no test matched the filter");
+        std::process::exit(1);
+    }
+}
