@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -83,6 +83,52 @@ impl Relation {
     /// The Arrow schema of its rows, borrowed.
     pub fn schema_ref(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// Fails unless this is a table: streams are append-only, so `verb`
+    /// (`update`, `delete from`) does not apply to them.
+    pub fn require_table(&self, verb: &str) -> Result<()> {
+        if self.kind() == RelationKind::Stream {
+            return Err(SluiceError::WrongObjectType {
+                message: format!(
+                    "cannot {verb} stream \"{}\": streams are append-only",
+                    self.name()
+                ),
+                hint: Some("declare keyed data as a TABLE with a PRIMARY KEY".into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings rows written by SQL into their stored form: a BYTEA value given
+    /// as text in Postgres' hex format (`'\\x00ff'`) becomes its bytes
+    /// (DataFusion casts text to binary byte for byte).
+    pub fn normalize_rows(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let mut columns = batch.columns().to_vec();
+        let mut changed = false;
+        for (i, column) in self.entry.columns.iter().enumerate() {
+            if column.sql_type != SqlType::Bytea {
+                continue;
+            }
+            let Some(values) = columns[i].as_any().downcast_ref::<BinaryArray>() else {
+                return Err(SluiceError::internal(
+                    "bytea column is not stored as binary",
+                ));
+            };
+            if !values.iter().flatten().any(|v| v.starts_with(b"\\x")) {
+                continue;
+            }
+            let decoded: BinaryArray = values
+                .iter()
+                .map(|v| v.map(decode_bytea).transpose())
+                .collect::<Result<_>>()?;
+            columns[i] = Arc::new(decoded);
+            changed = true;
+        }
+        if !changed {
+            return Ok(batch);
+        }
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
     }
 
     /// Rejects rows that break a `NOT NULL`, key or JSONB constraint, naming
@@ -157,7 +203,8 @@ impl Relation {
     /// The current rows of a table, from one snapshot.
     pub fn read_rows(&self, store: &dyn StateBackend) -> Result<RecordBatch> {
         let rows = store.scan_prefix(&key(ROWS_PREFIX, self.entry.id))?;
-        self.codec.decode_values(rows.iter().map(|(_, v)| v.as_slice()))
+        self.codec
+            .decode_values(rows.iter().map(|(_, v)| v.as_slice()))
     }
 
     /// Every batch ever appended to a stream, in order.
@@ -171,6 +218,35 @@ impl Relation {
         }
         Ok(batches)
     }
+}
+
+/// Postgres' hex input format for BYTEA: `\\x` then two hex digits a byte.
+/// Anything else is taken as the bytes themselves.
+fn decode_bytea(v: &[u8]) -> Result<Vec<u8>> {
+    let Some(hex) = v.strip_prefix(b"\\x") else {
+        return Ok(v.to_vec());
+    };
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let invalid = || SluiceError::InvalidText {
+        message: format!(
+            "invalid hexadecimal data in bytea value \"{}\"",
+            String::from_utf8_lossy(v)
+        ),
+    };
+    if hex.len() % 2 != 0 {
+        return Err(invalid());
+    }
+    hex.chunks(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+            _ => Err(invalid()),
+        })
+        .collect()
 }
 
 /// What `CREATE` did.
@@ -222,18 +298,16 @@ impl Catalog {
                 .map_err(|e| SluiceError::Storage(format!("corrupt catalog entry: {e}")))?;
             let next_seq = match store.last_with_prefix(&key(LOG_PREFIX, entry.id))? {
                 Some((k, _)) => {
-                    let seq: [u8; 8] = k[9..].try_into().map_err(|_| {
-                        SluiceError::Storage("corrupt stream log key".to_owned())
-                    })?;
+                    let seq: [u8; 8] = k[9..]
+                        .try_into()
+                        .map_err(|_| SluiceError::Storage("corrupt stream log key".to_owned()))?;
                     u64::from_be_bytes(seq) + 1
                 }
                 None => 0,
             };
             tracing::debug!(name = %entry.name, id = entry.id, "catalog entry loaded");
             let relation = Arc::new(Relation::try_new(entry, next_seq)?);
-            inner
-                .relations
-                .insert(relation.name().to_owned(), relation);
+            inner.relations.insert(relation.name().to_owned(), relation);
         }
         tracing::info!(relations = inner.relations.len(), "catalog loaded");
         Ok(Arc::new(Catalog {

@@ -176,7 +176,9 @@ impl RelationEntry {
                          but it uses \"{}\"",
                         referenced.name
                     ),
-                    hint: Some(format!("write WATERMARK FOR {column} AS {column} - INTERVAL '5 seconds'")),
+                    hint: Some(format!(
+                        "write WATERMARK FOR {column} AS {column} - INTERVAL '5 seconds'"
+                    )),
                 });
             }
         }
@@ -231,12 +233,36 @@ mod tests {
     #[test]
     fn invalid_definitions_name_the_problem() {
         let cases = [
-            ("CREATE TABLE t (id BIGINT, v TEXT)", "42P16", "needs a primary key"),
-            ("CREATE STREAM s (id BIGINT PRIMARY KEY)", "42P16", "cannot have a primary key"),
-            ("CREATE TABLE t (id BIGINT, id TEXT, PRIMARY KEY (id))", "42701", "specified more than once"),
-            ("CREATE TABLE t (id BIGINT, PRIMARY KEY (nope))", "42703", "\"nope\" does not exist"),
-            ("CREATE STREAM s (a BIGINT, WATERMARK FOR b AS b)", "42703", "\"b\" does not exist"),
-            ("CREATE STREAM s (a BIGINT, WATERMARK FOR a AS a)", "42804", "must be a timestamp"),
+            (
+                "CREATE TABLE t (id BIGINT, v TEXT)",
+                "42P16",
+                "needs a primary key",
+            ),
+            (
+                "CREATE STREAM s (id BIGINT PRIMARY KEY)",
+                "42P16",
+                "cannot have a primary key",
+            ),
+            (
+                "CREATE TABLE t (id BIGINT, id TEXT, PRIMARY KEY (id))",
+                "42701",
+                "specified more than once",
+            ),
+            (
+                "CREATE TABLE t (id BIGINT, PRIMARY KEY (nope))",
+                "42703",
+                "\"nope\" does not exist",
+            ),
+            (
+                "CREATE STREAM s (a BIGINT, WATERMARK FOR b AS b)",
+                "42703",
+                "\"b\" does not exist",
+            ),
+            (
+                "CREATE STREAM s (a BIGINT, WATERMARK FOR a AS a)",
+                "42804",
+                "must be a timestamp",
+            ),
             (
                 "CREATE STREAM s (a BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts + a)",
                 "42P16",

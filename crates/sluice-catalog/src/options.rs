@@ -83,7 +83,9 @@ mod tests {
 
     #[test]
     fn no_options_is_fine_and_unknown_ones_are_not() {
-        assert!(validate(RelationKind::Stream, "s", &[]).expect("ok").is_empty());
+        assert!(validate(RelationKind::Stream, "s", &[])
+            .expect("ok")
+            .is_empty());
         let e = validate(RelationKind::Stream, "s", &opts(&[("connector", "kafka")])).unwrap_err();
         assert_eq!(e.sqlstate(), "22023");
         assert!(e.to_string().contains("unknown connector \"kafka\""));

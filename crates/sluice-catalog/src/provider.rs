@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt64Array};
-use datafusion::arrow::compute::{and, filter_record_batch};
+use datafusion::arrow::compute::{and, cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::{DFSchema, DataFusionError};
@@ -76,19 +76,6 @@ pub struct RelationTable {
 }
 
 impl RelationTable {
-    fn require_table(&self, verb: &str) -> DfResult<()> {
-        if self.relation.kind() == RelationKind::Stream {
-            return Err(df(SluiceError::WrongObjectType {
-                message: format!(
-                    "cannot {verb} stream \"{}\": streams are append-only",
-                    self.relation.name()
-                ),
-                hint: Some("declare keyed data as a TABLE with a PRIMARY KEY".into()),
-            }));
-        }
-        Ok(())
-    }
-
     /// Current rows and the rows among them that match `filters`.
     async fn matching(
         &self,
@@ -129,12 +116,20 @@ impl RelationTable {
 
 /// A one-row, one-column (`count`) result, as DataFusion's DML returns.
 fn count_exec(count: u64) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]));
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![Arc::new(UInt64Array::from(vec![count]))],
     )?;
-    Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+    Ok(MemorySourceConfig::try_new_exec(
+        &[vec![batch]],
+        schema,
+        None,
+    )?)
 }
 
 #[async_trait]
@@ -200,7 +195,7 @@ impl TableProvider for RelationTable {
         state: &dyn Session,
         filters: Vec<Expr>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.require_table("delete from")?;
+        self.relation.require_table("delete from").map_err(df)?;
         let _writer = self.catalog.lock_writes().await;
         let (_, doomed) = self.matching(state, &filters).await?;
         let mut wb = WriteBatch::new();
@@ -215,29 +210,28 @@ impl TableProvider for RelationTable {
         assignments: Vec<(String, Expr)>,
         filters: Vec<Expr>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.require_table("update")?;
+        self.relation.require_table("update").map_err(df)?;
         let _writer = self.catalog.lock_writes().await;
         let schema = self.relation.schema();
         let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         let (_, old) = self.matching(state, &filters).await?;
         let mut columns = old.columns().to_vec();
         for (name, expr) in &assignments {
-            let idx = schema.index_of(name).map_err(|_| {
-                df(SluiceError::UndefinedColumn {
-                    name: name.clone(),
-                })
-            })?;
+            let idx = schema
+                .index_of(name)
+                .map_err(|_| df(SluiceError::UndefinedColumn { name: name.clone() }))?;
             let target = schema.field(idx).data_type();
             let expr = state.create_physical_expr(expr.clone(), &df_schema)?;
             let value = expr.evaluate(&old)?.into_array(old.num_rows())?;
             let value = if value.data_type() == target {
                 value
             } else {
-                datafusion::arrow::compute::cast(&value, target)?
+                cast(&value, target)?
             };
             columns[idx] = value;
         }
         let new = RecordBatch::try_new(schema, columns)?;
+        let new = self.relation.normalize_rows(new).map_err(df)?;
         self.relation.check_rows(&new).map_err(df)?;
         let mut wb = WriteBatch::new();
         // A key may change: remove the old rows first, then write the new ones.
@@ -287,6 +281,7 @@ impl DataSink for RelationSink {
             }
             // Same columns, but DataFusion may report different nullability.
             let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+            let batch = self.relation.normalize_rows(batch).map_err(df)?;
             self.relation.check_rows(&batch).map_err(df)?;
             count += batch.num_rows() as u64;
             match self.relation.kind() {

@@ -76,7 +76,9 @@ mod tests {
         BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
         IntervalMonthDayNanoArray, StringArray, TimestampMicrosecondArray,
     };
-    use datafusion::arrow::datatypes::{DataType, Field, IntervalMonthDayNano, Schema};
+    use datafusion::arrow::datatypes::{
+        DataType, Field, IntervalMonthDayNano, IntervalUnit, Schema, TimeUnit,
+    };
 
     use super::*;
 
@@ -90,16 +92,8 @@ mod tests {
             Field::new("n", DataType::Decimal128(10, 2), true),
             Field::new("b", DataType::Binary, true),
             Field::new("d", DataType::Date32, true),
-            Field::new(
-                "ts",
-                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
-                true,
-            ),
-            Field::new(
-                "i",
-                DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano),
-                true,
-            ),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("i", DataType::Interval(IntervalUnit::MonthDayNano), true),
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),

@@ -94,7 +94,9 @@ pub enum SluiceError {
         message: String,
     },
     /// A NULL reached a column that does not accept it.
-    #[error("null value in column \"{column}\" of {kind} \"{relation}\" violates not-null constraint")]
+    #[error(
+        "null value in column \"{column}\" of {kind} \"{relation}\" violates not-null constraint"
+    )]
     NotNull {
         /// The column.
         column: String,

@@ -75,7 +75,11 @@ pub struct ConfiguredPassword {
 impl AuthSource for ConfiguredPassword {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let user = login.user().unwrap_or_default();
-        if self.user.as_deref().is_some_and(|expected| expected != user) {
+        if self
+            .user
+            .as_deref()
+            .is_some_and(|expected| expected != user)
+        {
             return Err(PgWireError::InvalidPassword(user.to_owned()));
         }
         Ok(match self.method {
@@ -138,7 +142,9 @@ pub enum Startup {
     /// MD5 password.
     Md5(Md5PasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>),
     /// Cleartext password.
-    Cleartext(CleartextPasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>),
+    Cleartext(
+        CleartextPasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>,
+    ),
 }
 
 #[async_trait]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::{LogicalPlan, WriteOp};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -133,7 +134,11 @@ impl Engine {
     }
 
     /// Runs a prepared statement with its parameter values.
-    pub async fn execute(&self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+    pub async fn execute(
+        &self,
+        prepared: &Prepared,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         match (&prepared.statement, &prepared.plan) {
             (_, Some(plan)) => {
                 let plan = match params {
@@ -153,17 +158,38 @@ impl Engine {
     }
 
     async fn run_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        if let LogicalPlan::Dml(dml) = &plan {
+            if matches!(dml.op, WriteOp::Update | WriteOp::Delete) {
+                // Say "streams are append-only" before DataFusion tries to
+                // scan the stream to find the rows.
+                let verb = if dml.op == WriteOp::Update {
+                    "update"
+                } else {
+                    "delete from"
+                };
+                let name = dml.table_name.table();
+                if let Some(relation) = self.catalog.get(name)? {
+                    relation.require_table(verb)?;
+                }
+            }
+            if matches!(dml.op, WriteOp::Update | WriteOp::Delete) && self.matches_nothing(&plan)? {
+                let tag = if dml.op == WriteOp::Update {
+                    "UPDATE"
+                } else {
+                    "DELETE"
+                };
+                return Ok(Output::Command {
+                    tag: tag.to_owned(),
+                    rows: Some(0),
+                });
+            }
+        }
         let dml = match &plan {
             LogicalPlan::Dml(dml) => Some(match dml.op {
                 WriteOp::Insert(_) => "INSERT",
                 WriteOp::Update => "UPDATE",
                 WriteOp::Delete => "DELETE",
-                _ => {
-                    return Err(SluiceError::not_supported(
-                        format!("{}", dml.op),
-                        None,
-                    ))
-                }
+                _ => return Err(SluiceError::not_supported(format!("{}", dml.op), None)),
             }),
             _ => None,
         };
@@ -179,6 +205,34 @@ impl Engine {
                 })
             }
             None => Ok(Output::Rows { schema, batches }),
+        }
+    }
+}
+
+impl Engine {
+    /// Whether the optimizer proved that an UPDATE or DELETE matches no row
+    /// (`WHERE false`, `WHERE x = NULL`): it then removes the table scan, and
+    /// DataFusion would hand the table no filter at all, which reads as
+    /// "every row". Such a statement must change nothing.
+    fn matches_nothing(&self, plan: &LogicalPlan) -> Result<bool> {
+        let optimized = self.ctx.state().optimize(plan)?;
+        let LogicalPlan::Dml(dml) = &optimized else {
+            return Ok(false);
+        };
+        let scans_table = dml
+            .input
+            .exists(|node| Ok(matches!(node, LogicalPlan::TableScan(_))))?;
+        Ok(!scans_table)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // pg_catalog's schema holds the context's catalog list, which holds
+        // it: break that cycle so the catalog and the state store close.
+        if let Some(catalog) = self.ctx.catalog(DATABASE) {
+            let _ = catalog.deregister_schema("pg_catalog", true);
+            let _ = catalog.deregister_schema("public", true);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! who may log in.
 
 mod auth;
+mod encode;
 pub mod engine;
 mod handlers;
 mod session;
@@ -14,8 +15,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::auth::StartupHandler;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::PgWireError;
 use sluice_common::{Config, Result, SluiceError};

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow_pg::datatypes::df::deserialize_parameters;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::into_pg_type;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::LogicalPlan;
@@ -22,6 +22,7 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use sluice_common::SluiceError;
 
+use crate::encode::{encode_batch, pg_fields};
 use crate::engine::{Engine, Output, Prepared};
 use crate::handlers;
 
@@ -45,13 +46,17 @@ fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
 
-fn to_response(output: Output, format: &Format, options: Arc<FormatOptions>) -> PgWireResult<Response> {
+fn to_response(
+    output: Output,
+    format: &Format,
+    options: Arc<FormatOptions>,
+) -> PgWireResult<Response> {
     Ok(match output {
         Output::Rows { schema, batches } => {
-            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
+            let fields = Arc::new(pg_fields(&schema, format, Some(options))?);
             let mut rows = Vec::new();
-            for batch in batches {
-                rows.extend(encode_recordbatch(fields.clone(), batch));
+            for batch in &batches {
+                rows.extend(encode_batch(&fields, batch));
             }
             Response::Query(QueryResponse::new(fields, futures::stream::iter(rows)))
         }
@@ -200,7 +205,7 @@ impl QueryParser for StatementParser {
             None => handlers::result_schema(&stmt.statement),
         };
         match schema {
-            Some(schema) => arrow_schema_to_pg_fields(&schema, format, None),
+            Some(schema) => pg_fields(&schema, format, None),
             None => Ok(vec![]),
         }
     }

@@ -103,7 +103,7 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
     }
     if peek_words(parser, &["describe"]) || peek_words(parser, &["desc"]) {
         parser.next_token();
-        parser.parse_keyword(Keyword::TABLE);
+        let _ = parser.parse_keyword(Keyword::TABLE);
         let name = parser.parse_object_name(false)?;
         return Ok(Statement::Describe(name));
     }

@@ -62,34 +62,33 @@ impl SqlType {
     /// Maps a parsed SQL type to a Sluice type, or says why it cannot.
     pub fn from_ast(data_type: &ast::DataType) -> Result<SqlType> {
         use ast::DataType as D;
-        let t = match data_type {
-            D::Boolean | D::Bool => SqlType::Boolean,
-            D::SmallInt(_) | D::Int2(_) => SqlType::SmallInt,
-            D::Int(_) | D::Integer(_) | D::Int4(_) => SqlType::Int,
-            D::BigInt(_) | D::Int8(_) => SqlType::BigInt,
-            D::Real | D::Float4 => SqlType::Real,
-            D::DoublePrecision | D::Double(_) | D::Float8 | D::Float(_) => SqlType::Double,
-            D::Numeric(info) | D::Decimal(info) | D::Dec(info) => numeric(info)?,
-            D::Text | D::Varchar(_) | D::CharacterVarying(_) | D::String(_) => SqlType::Text,
-            D::Bytea => SqlType::Bytea,
-            D::Date => SqlType::Date,
-            D::Timestamp(_, tz) => match tz {
-                ast::TimezoneInfo::Tz | ast::TimezoneInfo::WithTimeZone => SqlType::TimestampTz,
-                _ => SqlType::Timestamp,
-            },
-            D::Interval { .. } => SqlType::Interval,
-            D::JSONB | D::JSON => SqlType::Jsonb,
-            other => {
-                return Err(SluiceError::not_supported(
-                    format!("type {other}"),
+        let t =
+            match data_type {
+                D::Boolean | D::Bool => SqlType::Boolean,
+                D::SmallInt(_) | D::Int2(_) => SqlType::SmallInt,
+                D::Int(_) | D::Integer(_) | D::Int4(_) => SqlType::Int,
+                D::BigInt(_) | D::Int8(_) => SqlType::BigInt,
+                D::Real | D::Float4 => SqlType::Real,
+                D::DoublePrecision | D::Double(_) | D::Float8 | D::Float(_) => SqlType::Double,
+                D::Numeric(info) | D::Decimal(info) | D::Dec(info) => numeric(info)?,
+                D::Text | D::Varchar(_) | D::CharacterVarying(_) | D::String(_) => SqlType::Text,
+                D::Bytea => SqlType::Bytea,
+                D::Date => SqlType::Date,
+                D::Timestamp(_, tz) => match tz {
+                    ast::TimezoneInfo::Tz | ast::TimezoneInfo::WithTimeZone => SqlType::TimestampTz,
+                    _ => SqlType::Timestamp,
+                },
+                D::Interval { .. } => SqlType::Interval,
+                D::JSONB | D::JSON => SqlType::Jsonb,
+                other => return Err(SluiceError::not_supported(
+                    format!("type {}", other.to_string().to_lowercase()),
                     Some(
                         "supported types: boolean, smallint, int, bigint, real, double precision, \
                          numeric(p,s), text, varchar, bytea, date, timestamp, timestamptz, \
                          interval, jsonb",
                     ),
-                ))
-            }
-        };
+                )),
+            };
         Ok(t)
     }
 

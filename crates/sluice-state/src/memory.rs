@@ -48,8 +48,10 @@ impl StateBackend for MemoryBackend {
                     map.remove(&k);
                 }
                 WriteOp::DeletePrefix(prefix) => {
-                    let doomed: Vec<Vec<u8>> =
-                        map.range(Self::range(&prefix)).map(|(k, _)| k.clone()).collect();
+                    let doomed: Vec<Vec<u8>> = map
+                        .range(Self::range(&prefix))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     for k in doomed {
                         map.remove(&k);
                     }

@@ -79,8 +79,11 @@ impl StateBackend for RocksBackend {
             IteratorMode::From(prefix, Direction::Forward),
             Self::prefix_read_options(prefix),
         );
-        iter.map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(backend))
-            .collect()
+        iter.map(|r| {
+            r.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .map_err(backend)
+        })
+        .collect()
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>> {

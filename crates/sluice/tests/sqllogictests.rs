@@ -48,7 +48,8 @@ fn main() {
     let complete = args.iter().any(|a| a == "--complete");
     // libtest flags that cargo may pass through are ignored.
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let matches = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let matches =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql-tests");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -76,7 +77,10 @@ fn main() {
             match result {
                 Ok(()) => {
                     passed += 1;
-                    println!("ok      {name} [{mode}] ({:.1}s)", t.elapsed().as_secs_f64());
+                    println!(
+                        "ok      {name} [{mode}] ({:.1}s)",
+                        t.elapsed().as_secs_f64()
+                    );
                 }
                 Err(e) => {
                     println!("FAILED  {name} [{mode}]\n{e}\n");
@@ -91,7 +95,10 @@ fn main() {
         match runtime.block_on(crash::kill_9_loses_nothing()) {
             Ok(()) => {
                 passed += 1;
-                println!("ok      crash: kill -9 loses nothing ({:.1}s)", t.elapsed().as_secs_f64());
+                println!(
+                    "ok      crash: kill -9 loses nothing ({:.1}s)",
+                    t.elapsed().as_secs_f64()
+                );
             }
             Err(e) => {
                 println!("FAILED  crash: kill -9 loses nothing\n{e:?}\n");

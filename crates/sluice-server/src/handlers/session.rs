@@ -69,8 +69,10 @@ pub fn execute(statement: &ast::Statement) -> Result<Output> {
         ast::Statement::ShowVariable { variable } => {
             let (name, value) = show_variable(variable)?;
             let schema = super::text_schema(&[name.as_str()]);
-            let batch =
-                RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![value]))])?;
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(StringArray::from(vec![value]))],
+            )?;
             Ok(super::rows(schema, batch))
         }
         ast::Statement::StartTransaction { .. } => Ok(Output::TransactionStart),

@@ -56,7 +56,10 @@ pub async fn kill_9_loses_nothing() -> anyhow::Result<()> {
     // One statement per row (each acknowledged on its own), then a bulk one.
     for id in 1..=50i64 {
         client
-            .execute("INSERT INTO users VALUES ($1, $2)", &[&id, &format!("user {id}")])
+            .execute(
+                "INSERT INTO users VALUES ($1, $2)",
+                &[&id, &format!("user {id}")],
+            )
             .await?;
     }
     client
@@ -75,8 +78,14 @@ pub async fn kill_9_loses_nothing() -> anyhow::Result<()> {
         .await?;
     let (count, sum): (i64, i64) = (row.get(0), row.get(1));
     let expected_sum: i64 = (1..=50).sum::<i64>() - 8 + (101..=1100).sum::<i64>();
-    ensure!(count == 1049, "expected 1049 users after the crash, found {count}");
-    ensure!(sum == expected_sum, "expected id sum {expected_sum}, found {sum}");
+    ensure!(
+        count == 1049,
+        "expected 1049 users after the crash, found {count}"
+    );
+    ensure!(
+        sum == expected_sum,
+        "expected id sum {expected_sum}, found {sum}"
+    );
     let name: String = client
         .query_one("SELECT name FROM users WHERE id = 7", &[])
         .await?
