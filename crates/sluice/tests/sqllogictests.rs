@@ -19,7 +19,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, slt};
+use harness::{crash, drivers, slt};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -90,19 +90,34 @@ fn main() {
         }
     }
 
-    if !complete && matches("crash") {
-        let t = Instant::now();
-        match runtime.block_on(crash::kill_9_loses_nothing()) {
-            Ok(()) => {
-                passed += 1;
-                println!(
-                    "ok      crash: kill -9 loses nothing ({:.1}s)",
-                    t.elapsed().as_secs_f64()
-                );
+    if !complete {
+        type Scenario =
+            fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+        let scenarios: [(&str, Scenario); 3] = [
+            ("drivers: binary parameters round-trip", || {
+                Box::pin(drivers::binary_parameters_round_trip())
+            }),
+            ("drivers: passwords are enforced", || {
+                Box::pin(drivers::passwords_are_enforced())
+            }),
+            ("crash: kill -9 loses nothing", || {
+                Box::pin(crash::kill_9_loses_nothing())
+            }),
+        ];
+        for (name, scenario) in scenarios {
+            if !matches(name) {
+                continue;
             }
-            Err(e) => {
-                println!("FAILED  crash: kill -9 loses nothing\n{e:?}\n");
-                failures.push("crash: kill -9 loses nothing".to_owned());
+            let t = Instant::now();
+            match runtime.block_on(scenario()) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok      {name} ({:.1}s)", t.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    println!("FAILED  {name}\n{e:?}\n");
+                    failures.push(name.to_owned());
+                }
             }
         }
     }

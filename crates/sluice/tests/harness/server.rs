@@ -2,7 +2,6 @@
 //! data directory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use sluice_common::Config;
 use tokio::sync::oneshot;
@@ -11,7 +10,7 @@ use tokio::task::JoinHandle;
 /// A running in-process server with its own data directory.
 pub struct TestServer {
     _dir: tempfile::TempDir,
-    data_dir: PathBuf,
+    config: Config,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<sluice_common::Result<()>>>,
@@ -20,11 +19,20 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a free loopback port and a fresh data directory.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Config::default()).await
+    }
+
+    /// Starts a server with `config`, but on a free loopback port and a
+    /// fresh data directory.
+    pub async fn start_with(config: Config) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let data_dir = dir.path().join("data");
         let mut server = TestServer {
+            config: Config {
+                listen: "127.0.0.1:0".to_owned(),
+                data_dir: dir.path().join("data"),
+                ..config
+            },
             _dir: dir,
-            data_dir,
             addr: "127.0.0.1:0".parse()?,
             stop: None,
             task: None,
@@ -34,12 +42,7 @@ impl TestServer {
     }
 
     async fn boot(&mut self) -> anyhow::Result<()> {
-        let config = Config {
-            listen: "127.0.0.1:0".to_owned(),
-            data_dir: self.data_dir.clone(),
-            ..Config::default()
-        };
-        let server = sluice_server::Server::bind(&config).await?;
+        let server = sluice_server::Server::bind(&self.config).await?;
         self.addr = server.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         self.stop = Some(stop);
