@@ -120,7 +120,8 @@ impl Engine {
     pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
         let plan = match &statement {
             Statement::Sql(sql) if runs_in_datafusion(sql) => {
-                let rewritten = self.pg_rewriter.rewrite(sql.as_ref().clone());
+                let mut rewritten = self.pg_rewriter.rewrite(sql.as_ref().clone());
+                sluice_sql::naming::apply_postgres_column_names(&mut rewritten);
                 let plan = self
                     .ctx
                     .state()

@@ -3,6 +3,7 @@
 //! no catalog lookups and no planning happen here.
 
 pub mod ast;
+pub mod naming;
 pub mod parser;
 pub mod types;
 

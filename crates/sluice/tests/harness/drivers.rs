@@ -83,6 +83,16 @@ pub async fn binary_parameters_round_trip() -> anyhow::Result<()> {
         .get(0);
     ensure!(txt == "changed");
 
+    // Result columns are named as Postgres names them.
+    let statement = client
+        .prepare("SELECT count(*), 1 + 1, upper(txt), txt FROM t GROUP BY txt")
+        .await?;
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    ensure!(
+        names == ["count", "?column?", "upper", "txt"],
+        "column names: {names:?}"
+    );
+
     // A bad parameter value is an error, and the connection carries on.
     let err = client
         .query("SELECT * FROM t WHERE d = $1", &[&"not a date"])
