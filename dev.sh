@@ -45,7 +45,10 @@ shift || true
 case "$cmd" in
   serve)
     ensure_deps
-    exec cargo run -j2 -p sluice -- serve "$@"
+    # Build the whole workspace, tests included, so that `serve` and `test`
+    # share one set of compiled dependencies (the same cargo features).
+    cargo build -j2 --workspace --all-targets
+    exec "${CARGO_TARGET_DIR:-target}/debug/sluice" serve "$@"
     ;;
   test)
     ensure_deps

@@ -461,7 +461,7 @@ mod tests {
 
     fn create(sql: &str) -> CreateRelation {
         match sluice_sql::parse(sql).expect("parses").remove(0) {
-            Statement::CreateRelation(c) => c,
+            Statement::CreateRelation(c) => *c,
             _ => panic!("not a create"),
         }
     }

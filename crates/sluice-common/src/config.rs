@@ -73,10 +73,12 @@ mod tests {
     #[test]
     fn docs_list_every_config_field() {
         let docs = include_str!("../../../docs/config.md");
-        let mut config = Config::default();
         // Set the optional fields so they appear in the serialized form.
-        config.user = Some("u".into());
-        config.password = Some("p".into());
+        let config = Config {
+            user: Some("u".into()),
+            password: Some("p".into()),
+            ..Config::default()
+        };
         let text = toml::to_string(&config).expect("config serializes");
         for line in text.lines() {
             let key = line.split('=').next().unwrap_or("").trim();

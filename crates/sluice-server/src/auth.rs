@@ -51,14 +51,16 @@ impl AuthSettings {
             method: self.method,
         };
         match self.method {
-            AuthMethod::Md5 => Startup::Md5(Md5PasswordAuthStartupHandler::new(
+            AuthMethod::Md5 => Startup::Md5(Box::new(Md5PasswordAuthStartupHandler::new(
                 Arc::new(source),
                 Arc::new(DefaultServerParameterProvider::default()),
-            )),
-            AuthMethod::Cleartext => Startup::Cleartext(CleartextPasswordAuthStartupHandler::new(
-                source,
-                DefaultServerParameterProvider::default(),
-            )),
+            ))),
+            AuthMethod::Cleartext => {
+                Startup::Cleartext(Box::new(CleartextPasswordAuthStartupHandler::new(
+                    source,
+                    DefaultServerParameterProvider::default(),
+                )))
+            }
         }
     }
 }
@@ -140,10 +142,12 @@ pub enum Startup {
     /// No password.
     Trust(Trust),
     /// MD5 password.
-    Md5(Md5PasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>),
+    Md5(Box<Md5PasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>>),
     /// Cleartext password.
     Cleartext(
-        CleartextPasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>,
+        Box<
+            CleartextPasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>,
+        >,
     ),
 }
 

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use arrow_pg::encoder::encode_value;
 use bytes::{BufMut, BytesMut};
-use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Field, Float32Type, Float64Type, Int64Type, Schema, TimeUnit,
+use datafusion::arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit};
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::api::Type;
@@ -65,8 +65,9 @@ pub fn pg_fields(
 enum Column<'a> {
     /// `arrow-pg` as it is.
     Default,
-    /// A float in text format.
-    Float(&'a dyn Fn(usize) -> f64, i32),
+    /// A float in text format, widened to f64 (exactly), and the exponent
+    /// from which Postgres prints it in exponent notation (float4 or float8).
+    Float(Float64Array, i32),
     /// A timestamp in text format: microseconds since the epoch, and whether
     /// to print the (UTC) offset.
     Timestamp(Int64Array, bool),
@@ -80,48 +81,39 @@ pub fn encode_batch(
     batch: &RecordBatch,
 ) -> Vec<PgWireResult<DataRow>> {
     let schema = batch.schema();
-    let mut floats: Vec<Option<Box<dyn Fn(usize) -> f64>>> = Vec::new();
-    for array in batch.columns() {
-        let f: Option<Box<dyn Fn(usize) -> f64>> = match array.data_type() {
-            DataType::Float64 => {
-                let a = array.as_primitive::<Float64Type>().clone();
-                Some(Box::new(move |i| a.value(i)))
-            }
-            DataType::Float32 => {
-                let a = array.as_primitive::<Float32Type>().clone();
-                Some(Box::new(move |i| a.value(i).into()))
-            }
-            _ => None,
-        };
-        floats.push(f);
-    }
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (i, array) in batch.columns().iter().enumerate() {
-        let text = fields[i].format() == FieldFormat::Text;
-        let column = match array.data_type() {
-            _ if is_jsonb(schema.field(i)) => match array.as_string_opt::<i32>() {
-                Some(a) => Column::Jsonb(a),
-                None => Column::Default,
-            },
-            DataType::Float64 | DataType::Float32 if text => match &floats[i] {
-                Some(f) => Column::Float(f.as_ref(), exponent_from(array.data_type())),
-                None => Column::Default,
-            },
-            DataType::Timestamp(_, tz) if text => {
-                match cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None)) {
-                    Ok(micros) => match cast(&micros, &DataType::Int64) {
+    let columns: Vec<Column> = batch
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, array)| {
+            let text = fields[i].format() == FieldFormat::Text;
+            match array.data_type() {
+                _ if is_jsonb(schema.field(i)) => match array.as_string_opt::<i32>() {
+                    Some(a) => Column::Jsonb(a),
+                    None => Column::Default,
+                },
+                t @ (DataType::Float64 | DataType::Float32) if text => {
+                    match cast(array, &DataType::Float64) {
+                        Ok(f) => {
+                            Column::Float(f.as_primitive::<Float64Type>().clone(), exponent_from(t))
+                        }
+                        Err(_) => Column::Default,
+                    }
+                }
+                DataType::Timestamp(_, tz) if text => {
+                    let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))
+                        .and_then(|m| cast(&m, &DataType::Int64));
+                    match micros {
                         Ok(m) => {
                             Column::Timestamp(m.as_primitive::<Int64Type>().clone(), tz.is_some())
                         }
                         Err(_) => Column::Default,
-                    },
-                    Err(_) => Column::Default,
+                    }
                 }
+                _ => Column::Default,
             }
-            _ => Column::Default,
-        };
-        columns.push(column);
-    }
+        })
+        .collect();
 
     let mut encoder = DataRowEncoder::new(fields.clone());
     let mut rows = Vec::with_capacity(batch.num_rows());
@@ -136,8 +128,8 @@ pub fn encode_batch(
             }
             match column {
                 Column::Default => encode_value(&mut encoder, array, row, schema.field(col), pg),
-                Column::Float(value, exponent_from) => {
-                    let text = float_text(value(row), *exponent_from);
+                Column::Float(values, exponent_from) => {
+                    let text = float_text(values.value(row), *exponent_from);
                     encoder.encode_field_with_type_and_format(&Text(text), ty, format, options)
                 }
                 Column::Timestamp(micros, with_offset) => {

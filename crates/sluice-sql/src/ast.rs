@@ -14,7 +14,7 @@ use crate::types::SqlType;
 #[derive(Debug, Clone)]
 pub enum Statement {
     /// `CREATE STREAM` or `CREATE TABLE`.
-    CreateRelation(CreateRelation),
+    CreateRelation(Box<CreateRelation>),
     /// `DROP STREAM|TABLE [IF EXISTS] name [, ...]`.
     Drop(Drop),
     /// `SHOW STREAMS` / `SHOW TABLES`.

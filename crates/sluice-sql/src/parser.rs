@@ -162,7 +162,7 @@ fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Stat
     } else {
         Vec::new()
     };
-    Ok(Statement::CreateRelation(CreateRelation {
+    Ok(Statement::CreateRelation(Box::new(CreateRelation {
         kind,
         name,
         if_not_exists,
@@ -170,7 +170,7 @@ fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Stat
         primary_key,
         watermark,
         options,
-    }))
+    })))
 }
 
 fn column_def(def: &ast::ColumnDef, primary_key: &mut Vec<String>) -> Result<ColumnDef> {
