@@ -8,30 +8,35 @@
 //! 0x01 <relation id>               -> RelationEntry as JSON
 //! 0x02 <table id> <arrow-row key>  -> the row, arrow-row encoded (latest per key)
 //! 0x03 <stream id> <sequence>      -> one INSERT's rows, Arrow IPC stream format
+//! 0x10 <view id> ...                -> the view's operator state (sluice-dataflow)
+//! 0x11 <view id> <arrow-row row>    -> a view's rows, with their multiplicity (i64)
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use datafusion::arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
-use sluice_common::{ObjectKind, Result, SluiceError};
+use sluice_common::{ChangeBatch, ObjectKind, Result, SluiceError};
 use sluice_sql::{CreateRelation, Drop, RelationKind, SqlType};
-use sluice_state::{StateBackend, WriteBatch};
+use sluice_state::{StateBackend, StateTxn, WriteBatch};
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::changes::{ChangeListener, RowSource};
 use crate::entry::RelationEntry;
 use crate::rows::RowCodec;
 
 const NEXT_ID_KEY: &[u8] = b"\x00next_id";
 const ENTRY_PREFIX: u8 = 0x01;
-const ROWS_PREFIX: u8 = 0x02;
-const LOG_PREFIX: u8 = 0x03;
+pub(crate) const ROWS_PREFIX: u8 = 0x02;
+pub(crate) const LOG_PREFIX: u8 = 0x03;
+pub(crate) const STATE_PREFIX: u8 = 0x10;
+pub(crate) const VIEW_ROWS_PREFIX: u8 = 0x11;
 
-fn key(prefix: u8, id: u64) -> Vec<u8> {
+pub(crate) fn key(prefix: u8, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(prefix);
     k.extend_from_slice(&id.to_be_bytes());
@@ -41,16 +46,16 @@ fn key(prefix: u8, id: u64) -> Vec<u8> {
 /// A stream or table, ready to read and write.
 #[derive(Debug)]
 pub struct Relation {
-    entry: RelationEntry,
-    schema: SchemaRef,
-    codec: RowCodec,
+    pub(crate) entry: RelationEntry,
+    pub(crate) schema: SchemaRef,
+    pub(crate) codec: RowCodec,
     /// Next sequence number in a stream's log.
-    next_seq: AtomicU64,
+    pub(crate) next_seq: AtomicU64,
 }
 
 impl Relation {
     fn try_new(entry: RelationEntry, next_seq: u64) -> Result<Self> {
-        let schema = entry.schema();
+        let schema = entry.schema()?;
         let codec = RowCodec::try_new(schema.clone(), entry.primary_key.clone())?;
         Ok(Relation {
             entry,
@@ -88,6 +93,12 @@ impl Relation {
     /// Fails unless this is a table: streams are append-only, so `verb`
     /// (`update`, `delete from`) does not apply to them.
     pub fn require_table(&self, verb: &str) -> Result<()> {
+        if self.kind() == RelationKind::View {
+            return Err(SluiceError::WrongObjectType {
+                message: format!("cannot {verb} materialized view \"{}\"", self.name()),
+                hint: Some("a view's rows come from its query; write to its inputs".into()),
+            });
+        }
         if self.kind() == RelationKind::Stream {
             return Err(SluiceError::WrongObjectType {
                 message: format!(
@@ -161,56 +172,27 @@ impl Relation {
         Ok(())
     }
 
-    /// Encodes an upsert of every row of `batch` (later rows win) into `wb`.
-    pub fn upsert_into(&self, batch: &RecordBatch, wb: &mut WriteBatch) -> Result<()> {
-        let prefix = key(ROWS_PREFIX, self.entry.id);
-        let keys = self.codec.encode_keys(batch)?;
-        let values = self.codec.encode_values(batch)?;
-        for (k, v) in keys.into_iter().zip(values) {
-            let mut full = prefix.clone();
-            full.extend_from_slice(&k);
-            wb.put(full, v);
-        }
-        Ok(())
-    }
-
-    /// Encodes the deletion of the keys of every row of `batch` into `wb`.
-    pub fn delete_into(&self, batch: &RecordBatch, wb: &mut WriteBatch) -> Result<()> {
-        let prefix = key(ROWS_PREFIX, self.entry.id);
-        for k in self.codec.encode_keys(batch)? {
-            let mut full = prefix.clone();
-            full.extend_from_slice(&k);
-            wb.delete(full);
-        }
-        Ok(())
-    }
-
-    /// Encodes the append of `batch` to a stream's log into `wb`.
-    pub fn append_into(&self, batch: &RecordBatch, wb: &mut WriteBatch) -> Result<()> {
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let mut k = key(LOG_PREFIX, self.entry.id);
-        k.extend_from_slice(&seq.to_be_bytes());
-        let mut buf = Vec::new();
-        {
-            let mut w = StreamWriter::try_new(&mut buf, &self.schema)?;
-            w.write(batch)?;
-            w.finish()?;
-        }
-        wb.put(k, buf);
-        Ok(())
-    }
-
     /// The current rows of a table, from one snapshot.
-    pub fn read_rows(&self, store: &dyn StateBackend) -> Result<RecordBatch> {
-        let rows = store.scan_prefix(&key(ROWS_PREFIX, self.entry.id))?;
+    pub fn read_rows(&self, src: &dyn RowSource) -> Result<RecordBatch> {
+        let rows = src.scan(&key(ROWS_PREFIX, self.entry.id))?;
         self.codec
             .decode_values(rows.iter().map(|(_, v)| v.as_slice()))
     }
 
+    /// The current contents: a table's rows, a view's rows, or every event
+    /// ever appended to a stream.
+    pub fn read_contents(&self, src: &dyn RowSource) -> Result<RecordBatch> {
+        match self.entry.kind {
+            RelationKind::Table => self.read_rows(src),
+            RelationKind::View => self.read_view_rows(src),
+            RelationKind::Stream => Ok(concat_batches(&self.schema, &self.read_log(src)?)?),
+        }
+    }
+
     /// Every batch ever appended to a stream, in order.
-    pub fn read_log(&self, store: &dyn StateBackend) -> Result<Vec<RecordBatch>> {
+    pub fn read_log(&self, src: &dyn RowSource) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
-        for (_, bytes) in store.scan_prefix(&key(LOG_PREFIX, self.entry.id))? {
+        for (_, bytes) in src.scan(&key(LOG_PREFIX, self.entry.id))? {
             let reader = StreamReader::try_new(bytes.as_slice(), None)?;
             for batch in reader {
                 batches.push(batch?);
@@ -249,6 +231,40 @@ fn decode_bytea(v: &[u8]) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// Adds `relation` and, with `cascade`, the views depending on it to
+/// `doomed` (dependents first); without `cascade`, refuses when any exist.
+fn collect_dependents(
+    inner: &Inner,
+    relation: &Arc<Relation>,
+    cascade: bool,
+    doomed: &mut Vec<Arc<Relation>>,
+) -> Result<()> {
+    if doomed.iter().any(|d| d.entry.id == relation.entry.id) {
+        return Ok(());
+    }
+    let dependents: Vec<&Arc<Relation>> = inner
+        .relations
+        .values()
+        .filter(|r| r.entry.depends_on.iter().any(|d| d == relation.name()))
+        .collect();
+    if !dependents.is_empty() && !cascade {
+        let names: Vec<&str> = dependents.iter().map(|d| d.name()).collect();
+        return Err(SluiceError::DependentObjects {
+            kind: relation.kind().into(),
+            name: relation.name().to_owned(),
+            hint: Some(format!(
+                "materialized view {} depends on it; use DROP ... CASCADE to drop them too",
+                names.join(", ")
+            )),
+        });
+    }
+    for dependent in dependents {
+        collect_dependents(inner, dependent, cascade, doomed)?;
+    }
+    doomed.push(relation.clone());
+    Ok(())
+}
+
 /// What `CREATE` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Created {
@@ -268,6 +284,7 @@ struct Inner {
 pub struct Catalog {
     store: Arc<dyn StateBackend>,
     inner: RwLock<Inner>,
+    listener: RwLock<Option<Arc<dyn ChangeListener>>>,
     /// Serializes writers (DDL and DML), so a read-modify-write such as
     /// UPDATE sees no concurrent change.
     writer: Mutex<()>,
@@ -313,6 +330,7 @@ impl Catalog {
         Ok(Arc::new(Catalog {
             store,
             inner: RwLock::new(inner),
+            listener: RwLock::new(None),
             writer: Mutex::new(()),
         }))
     }
@@ -337,6 +355,105 @@ impl Catalog {
     /// Takes the writer lock: hold it across a read-modify-write.
     pub async fn lock_writes(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().await
+    }
+
+    /// Sets (or, with `None`, removes) the receiver of every change.
+    pub fn set_listener(&self, listener: Option<Arc<dyn ChangeListener>>) -> Result<()> {
+        *self
+            .listener
+            .write()
+            .map_err(|_| SluiceError::internal("catalog lock poisoned"))? = listener;
+        Ok(())
+    }
+
+    /// Looks up a relation by id.
+    pub fn get_by_id(&self, id: u64) -> Result<Option<Arc<Relation>>> {
+        Ok(self
+            .read()?
+            .relations
+            .values()
+            .find(|r| r.entry.id == id)
+            .cloned())
+    }
+
+    /// Hands `changes`, just written to `source` in `txn`, to the dataflow.
+    /// Call with the writer lock held, before committing `txn`.
+    pub async fn propagate(
+        &self,
+        source: &Arc<Relation>,
+        changes: ChangeBatch,
+        txn: &mut StateTxn,
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let listener = self
+            .listener
+            .read()
+            .map_err(|_| SluiceError::internal("catalog lock poisoned"))?
+            .clone();
+        match listener {
+            Some(listener) => listener.on_changes(source, changes, txn).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The next relation id; `register_view` consumes it.
+    pub fn next_id(&self) -> Result<u64> {
+        Ok(self.read()?.next_id)
+    }
+
+    /// Builds the relation of a new view (not yet registered), checking the
+    /// name is free. Call with the writer lock held.
+    pub fn new_view(
+        &self,
+        name: &str,
+        query: &str,
+        schema: &Schema,
+        depends_on: Vec<String>,
+    ) -> Result<Arc<Relation>> {
+        let inner = self.read()?;
+        if let Some(existing) = inner.relations.get(name) {
+            return Err(SluiceError::DuplicateObject {
+                kind: existing.kind().into(),
+                name: name.to_owned(),
+            });
+        }
+        let entry = RelationEntry::new_view(inner.next_id, name, query, schema, depends_on)?;
+        Ok(Arc::new(Relation::try_new(entry, 0)?))
+    }
+
+    /// Records a view built by [`Self::new_view`] in `txn`; once `txn`
+    /// commits, [`Self::publish`] makes it visible.
+    pub fn register_view(&self, view: &Relation, txn: &mut StateTxn) -> Result<()> {
+        let json = serde_json::to_vec(&view.entry)
+            .map_err(|e| SluiceError::internal(format!("catalog entry serialization: {e}")))?;
+        txn.put(key(ENTRY_PREFIX, view.entry.id), json);
+        txn.put(
+            NEXT_ID_KEY.to_vec(),
+            (view.entry.id + 1).to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
+
+    /// Makes a committed view visible.
+    pub fn publish(&self, view: Arc<Relation>) -> Result<()> {
+        let mut inner = self.write()?;
+        inner.next_id = inner.next_id.max(view.entry.id + 1);
+        tracing::info!(name = %view.name(), id = view.entry.id, "materialized view created");
+        inner.relations.insert(view.name().to_owned(), view);
+        Ok(())
+    }
+
+    /// The views that read `name`, directly.
+    pub fn dependents(&self, name: &str) -> Result<Vec<Arc<Relation>>> {
+        Ok(self
+            .read()?
+            .relations
+            .values()
+            .filter(|r| r.entry.depends_on.iter().any(|d| d == name))
+            .cloned()
+            .collect())
     }
 
     /// Looks up a stream or table by name.
@@ -394,15 +511,19 @@ impl Catalog {
         Ok(Created::New)
     }
 
-    /// Drops streams or tables, with their rows.
-    pub async fn drop_relations(&self, drop: &Drop) -> Result<()> {
+    /// Drops relations, with their rows and state; with `CASCADE`, also
+    /// every view that depends on them (transitively). Returns what was
+    /// dropped, dependents first.
+    pub async fn drop_relations(&self, drop: &Drop) -> Result<Vec<Arc<Relation>>> {
         let _writer = self.lock_writes().await;
-        let mut doomed = Vec::new();
+        let mut doomed: Vec<Arc<Relation>> = Vec::new();
         {
             let inner = self.read()?;
             for name in &drop.names {
                 match inner.relations.get(name) {
-                    Some(r) if r.kind() == drop.kind => doomed.push(r.clone()),
+                    Some(r) if r.kind() == drop.kind => {
+                        collect_dependents(&inner, r, drop.cascade, &mut doomed)?;
+                    }
                     Some(r) => {
                         return Err(SluiceError::WrongObjectType {
                             message: format!("\"{name}\" is a {}, not a {}", r.kind(), drop.kind),
@@ -423,21 +544,23 @@ impl Catalog {
             }
         }
         if doomed.is_empty() {
-            return Ok(());
+            return Ok(doomed);
         }
         let mut wb = WriteBatch::new();
         for r in &doomed {
-            wb.delete(key(ENTRY_PREFIX, r.entry.id));
-            wb.delete_prefix(key(ROWS_PREFIX, r.entry.id));
-            wb.delete_prefix(key(LOG_PREFIX, r.entry.id));
+            let id = r.entry.id;
+            wb.delete(key(ENTRY_PREFIX, id));
+            for prefix in [ROWS_PREFIX, LOG_PREFIX, STATE_PREFIX, VIEW_ROWS_PREFIX] {
+                wb.delete_prefix(key(prefix, id));
+            }
         }
         self.store.write(wb)?;
         let mut inner = self.write()?;
-        for r in doomed {
+        for r in &doomed {
             inner.relations.remove(r.name());
             tracing::info!(name = %r.name(), kind = %r.kind(), "dropped");
         }
-        Ok(())
+        Ok(doomed)
     }
 
     /// Looks up a relation that a statement requires to exist.
@@ -489,17 +612,27 @@ mod tests {
                 .await
                 .expect("create");
             let u = catalog.require("u", ObjectKind::Table).expect("u");
-            let mut wb = WriteBatch::new();
-            u.upsert_into(&batch(&u, vec![1, 2], vec!["a", "b"]), &mut wb)
+            let mut txn = StateTxn::new(store.clone());
+            let first = u
+                .upsert(&mut txn, &batch(&u, vec![1, 2, 2], vec!["a", "x", "b"]))
                 .expect("upsert");
-            u.upsert_into(&batch(&u, vec![1], vec!["a2"]), &mut wb)
+            // The later row of key 2 wins within one batch.
+            assert_eq!(
+                first,
+                ChangeBatch::new(batch(&u, vec![1, 2], vec!["a", "b"]), vec![1, 1])
+            );
+            let second = u
+                .upsert(&mut txn, &batch(&u, vec![1, 2], vec!["a2", "b"]))
                 .expect("upsert");
-            store.write(wb).expect("write");
+            // Replacing retracts the old row; the same row again changes nothing.
+            let expected = ChangeBatch::new(batch(&u, vec![1, 1], vec!["a", "a2"]), vec![-1, 1]);
+            assert_eq!(second, expected);
+            txn.commit().expect("commit");
         }
         let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path()).expect("open"));
         let catalog = Catalog::open(store.clone()).expect("catalog");
         let u = catalog.require("u", ObjectKind::Table).expect("u survives");
-        let rows = u.read_rows(store.as_ref()).expect("rows");
+        let rows = u.read_rows(&store).expect("rows");
         assert_eq!(rows, batch(&u, vec![1, 2], vec!["a2", "b"]));
     }
 
@@ -512,13 +645,13 @@ mod tests {
             .await
             .expect("create");
         let s = catalog.require("s", ObjectKind::Stream).expect("s");
-        let mut wb = WriteBatch::new();
-        s.append_into(&batch(&s, vec![1], vec!["x"]), &mut wb)
+        let mut txn = StateTxn::new(store.clone());
+        s.append(&mut txn, &batch(&s, vec![1], vec!["x"]))
             .expect("append");
-        s.append_into(&batch(&s, vec![1], vec!["x"]), &mut wb)
+        s.append(&mut txn, &batch(&s, vec![1], vec!["x"]))
             .expect("append");
-        store.write(wb).expect("write");
-        assert_eq!(s.read_log(store.as_ref()).expect("log").len(), 2);
+        txn.commit().expect("commit");
+        assert_eq!(s.read_log(&store).expect("log").len(), 2);
 
         let err = catalog
             .create(&create("CREATE TABLE s (id BIGINT PRIMARY KEY)"))

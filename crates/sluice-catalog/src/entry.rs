@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::prelude::SessionContext;
@@ -51,6 +53,16 @@ pub struct RelationEntry {
     pub watermark: Option<Watermark>,
     /// The `WITH` options.
     pub options: BTreeMap<String, String>,
+    /// A view's query, as SQL.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A view's output schema, in Arrow IPC form (its types need not be SQL
+    /// column types: `array_agg` makes lists).
+    #[serde(default)]
+    pub view_schema: Option<Vec<u8>>,
+    /// The relations a view reads, by name.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
 }
 
 impl RelationEntry {
@@ -128,6 +140,9 @@ impl RelationEntry {
             primary_key,
             watermark: None,
             options: options::validate(kind, name, &create.options)?,
+            query: None,
+            view_schema: None,
+            depends_on: Vec::new(),
         };
         if let Some(wm) = &create.watermark {
             entry.watermark = Some(entry.validate_watermark(&wm.column, &wm.expr.to_string())?);
@@ -135,14 +150,45 @@ impl RelationEntry {
         Ok(entry)
     }
 
+    /// A materialized view's entry.
+    pub fn new_view(
+        id: u64,
+        name: &str,
+        query: &str,
+        schema: &Schema,
+        depends_on: Vec<String>,
+    ) -> Result<Self> {
+        let mut ipc = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut ipc, schema)?;
+            w.finish()?;
+        }
+        Ok(RelationEntry {
+            id,
+            name: name.to_owned(),
+            kind: RelationKind::View,
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            watermark: None,
+            options: BTreeMap::new(),
+            query: Some(query.to_owned()),
+            view_schema: Some(ipc),
+            depends_on,
+        })
+    }
+
     /// The Arrow schema rows of this relation have.
-    pub fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
+    pub fn schema(&self) -> Result<SchemaRef> {
+        if let Some(ipc) = &self.view_schema {
+            let reader = StreamReader::try_new(ipc.as_slice(), None)?;
+            return Ok(reader.schema());
+        }
+        Ok(Arc::new(Schema::new(
             self.columns
                 .iter()
                 .map(|c| c.sql_type.to_field(&c.name))
                 .collect::<Vec<_>>(),
-        ))
+        )))
     }
 
     /// The primary key column names.
@@ -165,7 +211,7 @@ impl RelationEntry {
                 ),
             });
         }
-        let arrow_schema = self.schema();
+        let arrow_schema = self.schema()?;
         let df_schema = DFSchema::try_from(arrow_schema.as_ref().clone())?;
         let expr = SessionContext::new().parse_sql_expr(expr_sql, &df_schema)?;
         for referenced in expr.column_refs() {

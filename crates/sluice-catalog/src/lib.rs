@@ -6,12 +6,14 @@
 //! that the dataflow will consume.
 
 mod catalog;
+mod changes;
 mod entry;
 mod options;
 mod provider;
 mod rows;
 
 pub use catalog::{Catalog, Created, Relation};
+pub use changes::{state_prefix, ChangeListener, RowSource};
 pub use entry::{Column, RelationEntry, Watermark};
 pub use provider::{RelationTable, SluiceSchema};
 pub use rows::RowCodec;

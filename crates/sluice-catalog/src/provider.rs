@@ -22,9 +22,9 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
-use sluice_common::SluiceError;
+use sluice_common::{ChangeBatch, SluiceError};
 use sluice_sql::RelationKind;
-use sluice_state::WriteBatch;
+use sluice_state::StateTxn;
 
 use crate::catalog::{Catalog, Relation};
 
@@ -82,10 +82,7 @@ impl RelationTable {
         state: &dyn Session,
         filters: &[Expr],
     ) -> DfResult<(RecordBatch, RecordBatch)> {
-        let rows = self
-            .relation
-            .read_rows(self.catalog.store().as_ref())
-            .map_err(df)?;
+        let rows = self.relation.read_rows(self.catalog.store()).map_err(df)?;
         let df_schema = DFSchema::try_from(self.relation.schema().as_ref().clone())?;
         let mut mask: Option<BooleanArray> = None;
         for filter in filters {
@@ -162,7 +159,7 @@ impl TableProvider for RelationTable {
         }
         let rows = self
             .relation
-            .read_rows(self.catalog.store().as_ref())
+            .read_contents(self.catalog.store())
             .map_err(df)?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![rows]],
@@ -177,6 +174,15 @@ impl TableProvider for RelationTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.relation.kind() == RelationKind::View {
+            return Err(df(SluiceError::WrongObjectType {
+                message: format!(
+                    "cannot insert into materialized view \"{}\"",
+                    self.relation.name()
+                ),
+                hint: Some("a view's rows come from its query; write to its inputs".into()),
+            }));
+        }
         if insert_op != InsertOp::Append {
             return Err(df(SluiceError::not_supported(
                 format!("INSERT {insert_op}"),
@@ -198,9 +204,13 @@ impl TableProvider for RelationTable {
         self.relation.require_table("delete from").map_err(df)?;
         let _writer = self.catalog.lock_writes().await;
         let (_, doomed) = self.matching(state, &filters).await?;
-        let mut wb = WriteBatch::new();
-        self.relation.delete_into(&doomed, &mut wb).map_err(df)?;
-        self.catalog.store().write(wb).map_err(|e| df(e.into()))?;
+        let mut txn = StateTxn::new(self.catalog.store().clone());
+        let changes = self.relation.delete_rows(&mut txn, &doomed).map_err(df)?;
+        self.catalog
+            .propagate(&self.relation, changes, &mut txn)
+            .await
+            .map_err(df)?;
+        txn.commit().map_err(|e| df(e.into()))?;
         count_exec(doomed.num_rows() as u64)
     }
 
@@ -233,11 +243,17 @@ impl TableProvider for RelationTable {
         let new = RecordBatch::try_new(schema, columns)?;
         let new = self.relation.normalize_rows(new).map_err(df)?;
         self.relation.check_rows(&new).map_err(df)?;
-        let mut wb = WriteBatch::new();
+        let mut txn = StateTxn::new(self.catalog.store().clone());
         // A key may change: remove the old rows first, then write the new ones.
-        self.relation.delete_into(&old, &mut wb).map_err(df)?;
-        self.relation.upsert_into(&new, &mut wb).map_err(df)?;
-        self.catalog.store().write(wb).map_err(|e| df(e.into()))?;
+        let removed = self.relation.delete_rows(&mut txn, &old).map_err(df)?;
+        let written = self.relation.upsert(&mut txn, &new).map_err(df)?;
+        let changes =
+            ChangeBatch::concat(self.relation.schema(), &[removed, written]).map_err(df)?;
+        self.catalog
+            .propagate(&self.relation, changes, &mut txn)
+            .await
+            .map_err(df)?;
+        txn.commit().map_err(|e| df(e.into()))?;
         count_exec(new.num_rows() as u64)
     }
 }
@@ -273,7 +289,7 @@ impl DataSink for RelationSink {
             batches.push(batch?);
         }
         let schema = self.relation.schema();
-        let mut wb = WriteBatch::new();
+        let mut checked = Vec::with_capacity(batches.len());
         let mut count = 0u64;
         for batch in batches {
             if batch.num_rows() == 0 {
@@ -284,14 +300,22 @@ impl DataSink for RelationSink {
             let batch = self.relation.normalize_rows(batch).map_err(df)?;
             self.relation.check_rows(&batch).map_err(df)?;
             count += batch.num_rows() as u64;
-            match self.relation.kind() {
-                RelationKind::Table => self.relation.upsert_into(&batch, &mut wb),
-                RelationKind::Stream => self.relation.append_into(&batch, &mut wb),
-            }
-            .map_err(df)?;
+            checked.push(batch);
         }
         let _writer = self.catalog.lock_writes().await;
-        self.catalog.store().write(wb).map_err(|e| df(e.into()))?;
+        let mut txn = StateTxn::new(self.catalog.store().clone());
+        for batch in &checked {
+            let changes = match self.relation.kind() {
+                RelationKind::Table => self.relation.upsert(&mut txn, batch),
+                _ => self.relation.append(&mut txn, batch),
+            }
+            .map_err(df)?;
+            self.catalog
+                .propagate(&self.relation, changes, &mut txn)
+                .await
+                .map_err(df)?;
+        }
+        txn.commit().map_err(|e| df(e.into()))?;
         Ok(count)
     }
 }

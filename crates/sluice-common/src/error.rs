@@ -20,6 +20,8 @@ pub enum ObjectKind {
     Stream,
     /// A `CREATE TABLE` object.
     Table,
+    /// A `CREATE MATERIALIZED VIEW` object.
+    View,
     /// Any relation, when the statement did not say which kind it expected.
     Relation,
 }
@@ -29,6 +31,7 @@ impl fmt::Display for ObjectKind {
         f.write_str(match self {
             ObjectKind::Stream => "stream",
             ObjectKind::Table => "table",
+            ObjectKind::View => "materialized view",
             ObjectKind::Relation => "relation",
         })
     }
@@ -152,6 +155,16 @@ pub enum SluiceError {
     Storage(String),
 
     // ---- bugs in Sluice -----------------------------------------------------
+    /// Other objects depend on the one being dropped.
+    #[error("cannot drop {kind} \"{name}\" because other objects depend on it")]
+    DependentObjects {
+        /// The kind of the object.
+        kind: ObjectKind,
+        /// Its name.
+        name: String,
+        /// What depends on it, and how to drop both.
+        hint: Option<String>,
+    },
     /// An invariant broke: this is a bug in Sluice.
     #[error("internal error: {0} (this is a bug in Sluice, please report it)")]
     Internal(String),
@@ -179,6 +192,7 @@ impl SluiceError {
             SluiceError::DivisionByZero => "22012",
             SluiceError::OutOfRange { .. } => "22003",
             SluiceError::Authentication { .. } => "28P01",
+            SluiceError::DependentObjects { .. } => "2BP01",
             SluiceError::Storage(_) => "58030",
             SluiceError::Internal(_) => "XX000",
             SluiceError::DataFusion(e) => datafusion_sqlstate(e),
@@ -191,7 +205,8 @@ impl SluiceError {
             SluiceError::InvalidDefinition { hint, .. }
             | SluiceError::InvalidOption { hint, .. }
             | SluiceError::NotSupported { hint, .. }
-            | SluiceError::WrongObjectType { hint, .. } => hint.as_deref(),
+            | SluiceError::WrongObjectType { hint, .. }
+            | SluiceError::DependentObjects { hint, .. } => hint.as_deref(),
             _ => None,
         }
     }

@@ -20,6 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sluice_catalog::{Catalog, SluiceSchema};
 use sluice_common::{Result, SluiceError};
+use sluice_planner::Dataflow;
 use sluice_sql::Statement;
 use sluice_state::StateBackend;
 
@@ -75,6 +76,7 @@ pub struct Prepared {
 /// Shared by every session of a server.
 pub struct Engine {
     catalog: Arc<Catalog>,
+    dataflow: Arc<Dataflow>,
     ctx: SessionContext,
     pg_rewriter: PostgresCompatibilityParser,
 }
@@ -86,8 +88,9 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Opens the catalog in `store` and sets up the query context.
-    pub fn open(store: Arc<dyn StateBackend>) -> Result<Self> {
+    /// Opens the catalog in `store`, sets up the query context and resumes
+    /// maintaining every view.
+    pub async fn open(store: Arc<dyn StateBackend>) -> Result<Self> {
         let catalog = Catalog::open(store)?;
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
@@ -98,8 +101,12 @@ impl Engine {
         ctx.register_catalog(DATABASE, Arc::new(provider));
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| SluiceError::from(*e))?;
+        let dataflow = Dataflow::new(catalog.clone(), ctx.clone());
+        dataflow.load().await?;
+        catalog.set_listener(Some(dataflow.clone()))?;
         Ok(Engine {
             catalog,
+            dataflow,
             ctx,
             pg_rewriter: PostgresCompatibilityParser::new(),
         })
@@ -108,6 +115,11 @@ impl Engine {
     /// The catalog.
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// The maintained views.
+    pub fn dataflow(&self) -> &Arc<Dataflow> {
+        &self.dataflow
     }
 
     /// The DataFusion context queries are planned in.
@@ -231,6 +243,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         // pg_catalog's schema holds the context's catalog list, which holds
         // it: break that cycle so the catalog and the state store close.
+        let _ = self.catalog.set_listener(None);
         if let Some(catalog) = self.ctx.catalog(DATABASE) {
             let _ = catalog.deregister_schema("pg_catalog", true);
             let _ = catalog.deregister_schema("public", true);

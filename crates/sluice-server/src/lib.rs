@@ -52,7 +52,7 @@ impl Server {
         })?;
         let store: Arc<dyn StateBackend> =
             Arc::new(RocksBackend::open(&config.data_dir.join("state"))?);
-        let engine = Arc::new(Engine::open(store)?);
+        let engine = Arc::new(Engine::open(store).await?);
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))
         })?;

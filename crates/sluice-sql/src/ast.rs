@@ -17,8 +17,12 @@ pub enum Statement {
     CreateRelation(Box<CreateRelation>),
     /// `DROP STREAM|TABLE [IF EXISTS] name [, ...]`.
     Drop(Drop),
-    /// `SHOW STREAMS` / `SHOW TABLES`.
+    /// `SHOW STREAMS` / `SHOW TABLES` / `SHOW MATERIALIZED VIEWS`.
     ShowRelations(RelationKind),
+    /// `CREATE MATERIALIZED VIEW`.
+    CreateView(Box<CreateView>),
+    /// `EXPLAIN CREATE MATERIALIZED VIEW`: the operator graph, not created.
+    ExplainCreateView(Box<CreateView>),
     /// `DESCRIBE name`.
     Describe(ast::ObjectName),
     /// `FLUSH`: returns once everything inserted before it is reflected in
@@ -36,6 +40,8 @@ pub enum RelationKind {
     Stream,
     /// A changelog keyed by its primary key.
     Table,
+    /// A query kept up to date incrementally.
+    View,
 }
 
 impl RelationKind {
@@ -44,6 +50,7 @@ impl RelationKind {
         match self {
             RelationKind::Stream => "stream",
             RelationKind::Table => "table",
+            RelationKind::View => "materialized view",
         }
     }
 }
@@ -59,6 +66,7 @@ impl From<RelationKind> for sluice_common::ObjectKind {
         match kind {
             RelationKind::Stream => sluice_common::ObjectKind::Stream,
             RelationKind::Table => sluice_common::ObjectKind::Table,
+            RelationKind::View => sluice_common::ObjectKind::View,
         }
     }
 }
@@ -103,7 +111,18 @@ pub struct WatermarkDef {
     pub expr: ast::Expr,
 }
 
-/// `DROP STREAM|TABLE [IF EXISTS] names`.
+/// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query`.
+#[derive(Debug, Clone)]
+pub struct CreateView {
+    /// The name (normalized).
+    pub name: String,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The query.
+    pub query: Box<ast::Query>,
+}
+
+/// `DROP STREAM|TABLE|MATERIALIZED VIEW [IF EXISTS] names [CASCADE]`.
 #[derive(Debug, Clone)]
 pub struct Drop {
     /// What kind of object the statement names.
@@ -112,4 +131,6 @@ pub struct Drop {
     pub if_exists: bool,
     /// The objects to drop.
     pub names: Vec<String>,
+    /// `CASCADE`: also drop the views that depend on them.
+    pub cascade: bool,
 }

@@ -9,7 +9,9 @@ use datafusion::sql::sqlparser::parser::{IsOptional, Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 use sluice_common::{Result, SluiceError};
 
-use crate::ast::{ColumnDef, CreateRelation, Drop, RelationKind, Statement, WatermarkDef};
+use crate::ast::{
+    ColumnDef, CreateRelation, CreateView, Drop, RelationKind, Statement, WatermarkDef,
+};
 use crate::types::SqlType;
 
 /// Parses a string holding zero or more `;`-separated statements.
@@ -68,13 +70,34 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
         };
         return parse_create_relation(parser, kind);
     }
-    if peek_words(parser, &["drop", "stream"]) || peek_words(parser, &["drop", "table"]) {
+    if peek_words(parser, &["create", "materialized", "view"]) {
+        return Ok(Statement::CreateView(Box::new(parse_create_view(parser)?)));
+    }
+    if peek_words(parser, &["explain", "create", "materialized", "view"]) {
+        parser.next_token();
+        return Ok(Statement::ExplainCreateView(Box::new(parse_create_view(
+            parser,
+        )?)));
+    }
+    if peek_words(parser, &["show", "materialized", "views"]) {
+        for _ in 0..3 {
+            parser.next_token();
+        }
+        return Ok(Statement::ShowRelations(RelationKind::View));
+    }
+    if peek_words(parser, &["drop", "stream"])
+        || peek_words(parser, &["drop", "table"])
+        || peek_words(parser, &["drop", "materialized", "view"])
+    {
         parser.next_token();
         let kind = if next_word(parser, "stream") {
             RelationKind::Stream
+        } else if next_word(parser, "table") {
+            RelationKind::Table
         } else {
             parser.next_token();
-            RelationKind::Table
+            parser.next_token();
+            RelationKind::View
         };
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         let names = parser
@@ -82,13 +105,15 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
             .iter()
             .map(object_name)
             .collect::<Result<Vec<_>>>()?;
-        if parser.parse_keyword(Keyword::CASCADE) || parser.parse_keyword(Keyword::RESTRICT) {
-            // Nothing depends on streams or tables yet: both mean the same.
+        let cascade = parser.parse_keyword(Keyword::CASCADE);
+        if !cascade {
+            let _ = parser.parse_keyword(Keyword::RESTRICT);
         }
         return Ok(Statement::Drop(Drop {
             kind,
             if_exists,
             names,
+            cascade,
         }));
     }
     if peek_words(parser, &["show", "streams"]) {
@@ -111,6 +136,22 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
         return Ok(Statement::Flush);
     }
     Ok(Statement::Sql(Box::new(parser.parse_statement()?)))
+}
+
+/// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query`.
+fn parse_create_view(parser: &mut Parser) -> Result<CreateView> {
+    for _ in 0..3 {
+        parser.next_token();
+    }
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(&parser.parse_object_name(false)?)?;
+    parser.expect_keyword_is(Keyword::AS)?;
+    let query = parser.parse_query()?;
+    Ok(CreateView {
+        name,
+        if_not_exists,
+        query,
+    })
 }
 
 fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Statement> {
@@ -317,6 +358,24 @@ mod tests {
             Statement::ShowRelations(RelationKind::Table)
         ));
         assert!(matches!(one("describe clicks"), Statement::Describe(_)));
+        assert!(matches!(
+            one("show materialized views"),
+            Statement::ShowRelations(RelationKind::View)
+        ));
+        let Statement::CreateView(v) =
+            one("CREATE MATERIALIZED VIEW V AS SELECT a, count(*) FROM t GROUP BY a")
+        else {
+            panic!("not a view");
+        };
+        assert_eq!(v.name, "v");
+        assert!(matches!(
+            one("EXPLAIN CREATE MATERIALIZED VIEW v AS SELECT 1"),
+            Statement::ExplainCreateView(_)
+        ));
+        let Statement::Drop(d) = one("DROP MATERIALIZED VIEW IF EXISTS v CASCADE") else {
+            panic!("not a drop");
+        };
+        assert!(d.cascade && d.if_exists && d.kind == RelationKind::View);
         let Statement::Drop(d) = one("DROP STREAM IF EXISTS a, b") else {
             panic!("not a drop");
         };

@@ -12,9 +12,11 @@
 
 mod memory;
 mod rocks;
+mod txn;
 
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
+pub use txn::StateTxn;
 
 use sluice_common::SluiceError;
 

@@ -2,6 +2,7 @@
 //! not come here (see [`crate::engine`]).
 
 mod create;
+mod create_view;
 mod describe;
 mod drop;
 mod flush;
@@ -21,6 +22,8 @@ use crate::engine::{Engine, Output};
 pub async fn execute(engine: &Engine, statement: &Statement) -> Result<Output> {
     match statement {
         Statement::CreateRelation(create) => create::execute(engine, create).await,
+        Statement::CreateView(create) => create_view::execute(engine, create).await,
+        Statement::ExplainCreateView(create) => create_view::explain(engine, create).await,
         Statement::Drop(drop) => drop::execute(engine, drop).await,
         Statement::ShowRelations(kind) => show::execute(engine, *kind),
         Statement::Describe(name) => describe::execute(engine, name),
@@ -35,6 +38,7 @@ pub fn result_schema(statement: &Statement) -> Option<SchemaRef> {
     match statement {
         Statement::ShowRelations(_) => Some(show::schema()),
         Statement::Describe(_) => Some(describe::schema()),
+        Statement::ExplainCreateView(_) => Some(text_schema(&["QUERY PLAN"])),
         Statement::Sql(sql) => session::result_schema(sql),
         _ => None,
     }

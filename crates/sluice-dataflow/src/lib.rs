@@ -1,0 +1,154 @@
+//! Sluice's incremental operators and the graph that drives them.
+//!
+//! A view is a tree of [`Node`]s: sources (streams, tables, other views)
+//! at the leaves, [`Operator`]s above. A change written to a source is
+//! pushed up the tree as a [`ChangeBatch`] (rows with a sign each); every
+//! operator turns the change of its input into the change of its output,
+//! keeping what it must remember (aggregate groups, join sides, top-N) as
+//! keyed state in the writer's [`StateTxn`], so that the source's write, the
+//! operators' state and the view's rows commit together.
+//!
+//! Operators live in `operators/`, one file each.
+
+pub mod operators;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
+use sluice_common::{ChangeBatch, Result};
+use sluice_state::StateTxn;
+
+/// What an operator may use while it processes a change.
+pub struct OpContext<'a> {
+    /// The writer's transaction: state reads see its writes.
+    pub txn: &'a mut StateTxn,
+    /// DataFusion, for operators that evaluate plans over their state.
+    pub session: &'a SessionContext,
+}
+
+/// An incremental operator: the change of its inputs in, the change of its
+/// output out.
+#[async_trait]
+pub trait Operator: Send + Sync {
+    /// Processes `changes` of input `input` (0 or 1) and returns the change
+    /// of the output. `state` is this operator's key prefix.
+    async fn process(
+        &self,
+        input: usize,
+        changes: ChangeBatch,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<ChangeBatch>;
+
+    /// The schema of the output.
+    fn schema(&self) -> SchemaRef;
+
+    /// One line for `EXPLAIN`: the operator and the state it keeps.
+    fn explain(&self) -> String;
+}
+
+/// A node of a view's tree.
+pub enum Node {
+    /// Changes of a stream, table or view enter here.
+    Source {
+        /// The relation's id.
+        relation: u64,
+        /// Its name, for `EXPLAIN`.
+        name: String,
+        /// Its schema.
+        schema: SchemaRef,
+    },
+    /// An operator over its inputs.
+    Op {
+        /// The operator.
+        op: Box<dyn Operator>,
+        /// Its inputs, in order.
+        inputs: Vec<Node>,
+        /// Its key prefix in the state store.
+        state: Vec<u8>,
+    },
+}
+
+impl Node {
+    /// The schema of this node's output.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Node::Source { schema, .. } => schema.clone(),
+            Node::Op { op, .. } => op.schema(),
+        }
+    }
+
+    /// The ids of the relations this node reads, in the order they first
+    /// appear (left to right).
+    pub fn sources(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        self.collect_sources(&mut out);
+        out
+    }
+
+    fn collect_sources(&self, out: &mut Vec<u64>) {
+        match self {
+            Node::Source { relation, .. } => {
+                if !out.contains(relation) {
+                    out.push(*relation);
+                }
+            }
+            Node::Op { inputs, .. } => inputs.iter().for_each(|i| i.collect_sources(out)),
+        }
+    }
+
+    /// Pushes a change of relation `source` up to this node; returns the
+    /// change of this node's output (`None` if the source is not below it).
+    pub fn push<'a>(
+        &'a self,
+        source: u64,
+        changes: &'a ChangeBatch,
+        ctx: &'a mut OpContext<'_>,
+    ) -> BoxFuture<'a, Result<Option<ChangeBatch>>> {
+        Box::pin(async move {
+            match self {
+                Node::Source { relation, .. } => Ok((*relation == source).then(|| changes.clone())),
+                Node::Op { op, inputs, state } => {
+                    let mut outputs = Vec::new();
+                    for (i, input) in inputs.iter().enumerate() {
+                        if let Some(delta) = input.push(source, changes, ctx).await? {
+                            if !delta.is_empty() {
+                                outputs.push(op.process(i, delta, state, ctx).await?);
+                            }
+                        }
+                    }
+                    if outputs.is_empty() {
+                        // The source is below, but nothing changed.
+                        return Ok(self.reads(source).then(|| ChangeBatch::empty(op.schema())));
+                    }
+                    Ok(Some(ChangeBatch::concat(op.schema(), &outputs)?))
+                }
+            }
+        })
+    }
+
+    fn reads(&self, source: u64) -> bool {
+        self.sources().contains(&source)
+    }
+
+    /// The tree as `EXPLAIN` prints it, one operator a line, inputs indented.
+    pub fn explain(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.explain_into(0, &mut lines);
+        lines
+    }
+
+    fn explain_into(&self, depth: usize, lines: &mut Vec<String>) {
+        let pad = "  ".repeat(depth);
+        match self {
+            Node::Source { name, .. } => lines.push(format!("{pad}Source: {name}")),
+            Node::Op { op, inputs, .. } => {
+                lines.push(format!("{pad}{}", op.explain()));
+                for input in inputs {
+                    input.explain_into(depth + 1, lines);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The operators, one file each.
+
+mod map;
+mod recompute;
+mod union;
+
+pub use map::Map;
+pub use recompute::{Partitioning, Recompute, RecomputeInput};
+pub use union::Union;

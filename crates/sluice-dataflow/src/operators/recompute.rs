@@ -1,0 +1,463 @@
+//! `Recompute`: the stateful operators (GROUP BY, DISTINCT, joins, top-N,
+//! window functions), maintained by recomputing only what a change touches.
+//!
+//! The operator keeps its inputs as multisets partitioned by a key (the
+//! group key, the join key, the window's PARTITION BY; one partition for a
+//! global top-N), and the output it produced per partition. A change of an
+//! input updates that input's rows of the affected partitions; the node's own
+//! logical plan (any aggregate, join type or window function DataFusion has)
+//! then runs over just those partitions' rows, and the difference between
+//! the new and the old output of those partitions is the change emitted.
+//! That is exact under retractions by construction: a deleted maximum is
+//! simply not among the rows any more.
+//!
+//! State (under the operator's prefix): `<side u8> <key length u32> <key>
+//! <row>` -> multiplicity (i64); side 0 and 1 are the inputs, side 2 the
+//! output. Keys and rows are `arrow-row` encoded.
+//!
+//! Lookup joins (stream JOIN table) keep only the table side: each stream
+//! change is joined with the table's current rows and never revised.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::MemTable;
+use datafusion::common::{Column, DFSchemaRef};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use sluice_common::{ChangeBatch, Result, SluiceError};
+
+use crate::{OpContext, Operator};
+
+const OUTPUT_SIDE: u8 = 2;
+const SCRATCH: &str = "__sluice_input";
+
+/// How an input's rows are partitioned for recomputation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    /// A key's rows are recomputed together; an output row's key is its
+    /// first `n` columns (GROUP BY, DISTINCT).
+    GroupColumns(usize),
+    /// A key's rows are recomputed together, key by key (joins, windows,
+    /// top-N; a global top-N has one, empty, key).
+    PerKey,
+    /// Stream JOIN table: input `stream` is joined as it comes, not kept.
+    Lookup {
+        /// The stream's input.
+        stream: usize,
+    },
+}
+
+/// One input of a [`Recompute`].
+pub struct RecomputeInput {
+    /// The input's schema as the node's plan sees it (with qualifiers).
+    pub df_schema: DFSchemaRef,
+    /// The partition key of a row, evaluated on the input.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+struct InputCodec {
+    df_schema: DFSchemaRef,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    key_codec: Option<RowConverter>,
+    rows: RowConverter,
+    schema: SchemaRef,
+}
+
+/// Maintains a stateful plan node by recomputing the partitions a change
+/// touches.
+pub struct Recompute {
+    plan: LogicalPlan,
+    inputs: Vec<InputCodec>,
+    partitioning: Partitioning,
+    schema: SchemaRef,
+    output_rows: RowConverter,
+    output_key: Option<RowConverter>,
+    label: String,
+}
+
+fn converter(
+    fields: impl Iterator<Item = datafusion::arrow::datatypes::DataType>,
+) -> Result<Option<RowConverter>> {
+    let sort_fields: Vec<SortField> = fields.map(SortField::new).collect();
+    if sort_fields.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RowConverter::new(sort_fields)?))
+}
+
+fn rows_of(converter: &RowConverter, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let rows = converter.convert_columns(batch.columns())?;
+    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
+
+fn count_of(bytes: &[u8]) -> Result<i64> {
+    Ok(i64::from_be_bytes(bytes.try_into().map_err(|_| {
+        SluiceError::Storage("corrupt operator state multiplicity".into())
+    })?))
+}
+
+impl Recompute {
+    /// Maintains `plan` (whose inputs are `inputs`, in order) with
+    /// `partitioning`. `label` names it in `EXPLAIN`.
+    pub fn try_new(
+        plan: LogicalPlan,
+        inputs: Vec<RecomputeInput>,
+        partitioning: Partitioning,
+        label: String,
+    ) -> Result<Self> {
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let mut codecs = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let arrow: SchemaRef = Arc::new(input.df_schema.as_arrow().clone());
+            let key_types = input
+                .keys
+                .iter()
+                .map(|k| k.data_type(&arrow))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            codecs.push(InputCodec {
+                key_codec: converter(key_types.into_iter())?,
+                rows: RowConverter::new(
+                    arrow
+                        .fields()
+                        .iter()
+                        .map(|f| SortField::new(f.data_type().clone()))
+                        .collect(),
+                )?,
+                df_schema: input.df_schema,
+                keys: input.keys,
+                schema: arrow,
+            });
+        }
+        let output_key = match partitioning {
+            Partitioning::GroupColumns(n) => converter(
+                schema
+                    .fields()
+                    .iter()
+                    .take(n)
+                    .map(|f| f.data_type().clone()),
+            )?,
+            _ => None,
+        };
+        Ok(Recompute {
+            output_rows: RowConverter::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?,
+            plan,
+            inputs: codecs,
+            partitioning,
+            schema,
+            output_key,
+            label,
+        })
+    }
+
+    fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let codec = &self.inputs[input];
+        let Some(key_codec) = &codec.key_codec else {
+            return Ok(vec![Vec::new(); batch.num_rows()]);
+        };
+        let columns = codec
+            .keys
+            .iter()
+            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let rows = key_codec.convert_columns(&columns)?;
+        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+
+    fn partition_prefix(state: &[u8], side: u8, key: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(state.len() + 5 + key.len());
+        p.extend_from_slice(state);
+        p.push(side);
+        p.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        p.extend_from_slice(key);
+        p
+    }
+
+    /// Adds `changes` (rows with their keys) to the multiset of `side`.
+    fn apply(
+        &self,
+        ctx: &mut OpContext<'_>,
+        state: &[u8],
+        side: u8,
+        keys: &[Vec<u8>],
+        rows: Vec<Vec<u8>>,
+        signs: impl Fn(usize) -> i8,
+    ) -> Result<()> {
+        let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            let mut k = Self::partition_prefix(state, side, &keys[i]);
+            k.extend_from_slice(&row);
+            *deltas.entry(k).or_default() += i64::from(signs(i));
+        }
+        let ks: Vec<Vec<u8>> = deltas.keys().cloned().collect();
+        let current = ctx.txn.multi_get(&ks)?;
+        for (k, old) in ks.into_iter().zip(current) {
+            let new = old.map(|b| count_of(&b)).transpose()?.unwrap_or(0) + deltas[&k];
+            if new == 0 {
+                ctx.txn.delete(k);
+            } else {
+                ctx.txn.put(k, new.to_be_bytes().to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of `side` under `key`, each repeated by its multiplicity,
+    /// as encoded rows.
+    fn load(
+        &self,
+        ctx: &OpContext<'_>,
+        state: &[u8],
+        side: u8,
+        key: &[u8],
+    ) -> Result<Vec<(Vec<u8>, i64)>> {
+        let prefix = Self::partition_prefix(state, side, key);
+        ctx.txn
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(k, v)| Ok((k[prefix.len()..].to_vec(), count_of(&v)?)))
+            .collect()
+    }
+
+    fn decode(
+        converter: &RowConverter,
+        schema: &SchemaRef,
+        rows: &[(Vec<u8>, i64)],
+    ) -> Result<RecordBatch> {
+        if rows.is_empty() {
+            return Ok(RecordBatch::new_empty(schema.clone()));
+        }
+        let parser = converter.parser();
+        let distinct = converter.convert_rows(rows.iter().map(|(r, _)| parser.parse(r)))?;
+        let batch = RecordBatch::try_new(schema.clone(), distinct)?;
+        let mut repeat = Vec::new();
+        for (i, (_, n)) in rows.iter().enumerate() {
+            repeat.extend(std::iter::repeat_n(i as u32, n.unsigned_abs() as usize));
+        }
+        Ok(take_record_batch(&batch, &UInt32Array::from(repeat))?)
+    }
+
+    /// Runs the node's plan over these rows of its inputs.
+    async fn execute(
+        &self,
+        session: &SessionContext,
+        inputs: Vec<RecordBatch>,
+    ) -> Result<RecordBatch> {
+        let mut new_inputs = Vec::with_capacity(inputs.len());
+        for (codec, batch) in self.inputs.iter().zip(inputs) {
+            let fields: Vec<Field> = codec
+                .schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+                .collect();
+            let scratch = Arc::new(Schema::new(fields));
+            let batch = RecordBatch::try_new(scratch.clone(), batch.columns().to_vec())?;
+            let table = MemTable::try_new(scratch, vec![vec![batch]])?;
+            let exprs: Vec<Expr> = codec
+                .df_schema
+                .iter()
+                .enumerate()
+                .map(|(i, (qualifier, field))| {
+                    Expr::Column(Column::new(Some(SCRATCH), format!("c{i}")))
+                        .alias_qualified(qualifier.cloned(), field.name())
+                })
+                .collect();
+            let plan =
+                LogicalPlanBuilder::scan(SCRATCH, provider_as_source(Arc::new(table)), None)?
+                    .project(exprs)?
+                    .build()?;
+            new_inputs.push(plan);
+        }
+        let plan = self
+            .plan
+            .clone()
+            .with_new_exprs(self.plan.expressions(), new_inputs)?;
+        let batches = session.execute_logical_plan(plan).await?.collect().await?;
+        let merged = concat_batches(
+            &batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| self.schema.clone()),
+            &batches,
+        )?;
+        Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            merged.columns().to_vec(),
+        )?)
+    }
+
+    /// The change from `old` to `new` rows (both encoded, with multiplicity).
+    fn diff(
+        &self,
+        old: &[(Vec<u8>, i64)],
+        new: &RecordBatch,
+    ) -> Result<(ChangeBatch, Vec<Vec<u8>>)> {
+        let new_rows = rows_of(&self.output_rows, new)?;
+        let mut counts: HashMap<&[u8], i64> = HashMap::new();
+        for (row, n) in old {
+            *counts.entry(row.as_slice()).or_default() -= n;
+        }
+        for row in &new_rows {
+            *counts.entry(row.as_slice()).or_default() += 1;
+        }
+        let mut changed: Vec<(Vec<u8>, i64)> = counts
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(r, n)| (r.to_vec(), n))
+            .collect();
+        changed.sort();
+        let batch = Self::decode(&self.output_rows, &self.schema, &changed)?;
+        let mut signs = Vec::with_capacity(batch.num_rows());
+        for (_, n) in &changed {
+            signs.extend(std::iter::repeat_n(
+                n.signum() as i8,
+                n.unsigned_abs() as usize,
+            ));
+        }
+        Ok((ChangeBatch::new(batch, signs), new_rows))
+    }
+
+    fn distinct(keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut seen = std::collections::HashSet::new();
+        keys.iter()
+            .filter(|k| seen.insert(k.as_slice()))
+            .cloned()
+            .collect()
+    }
+
+    async fn lookup(
+        &self,
+        stream: usize,
+        changes: ChangeBatch,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<ChangeBatch> {
+        let table = 1 - stream;
+        let keys = self.keys_of(stream, &changes.batch)?;
+        let mut table_rows = Vec::new();
+        for key in Self::distinct(&keys) {
+            table_rows.extend(self.load(ctx, state, table as u8, &key)?);
+        }
+        let table_batch = Self::decode(
+            &self.inputs[table].rows,
+            &self.inputs[table].schema,
+            &table_rows,
+        )?;
+        let mut inputs = vec![RecordBatch::new_empty(self.inputs[0].schema.clone()); 2];
+        inputs[stream] = changes.batch;
+        inputs[table] = table_batch;
+        let out = self.execute(ctx.session, inputs).await?;
+        Ok(ChangeBatch::inserts(out))
+    }
+}
+
+#[async_trait]
+impl Operator for Recompute {
+    async fn process(
+        &self,
+        input: usize,
+        changes: ChangeBatch,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<ChangeBatch> {
+        if let Partitioning::Lookup { stream } = self.partitioning {
+            if input == stream {
+                if !changes.is_append_only() {
+                    return Err(SluiceError::internal(
+                        "lookup join got a retraction on its stream side",
+                    ));
+                }
+                return self.lookup(stream, changes, state, ctx).await;
+            }
+        }
+        let keys = self.keys_of(input, &changes.batch)?;
+        let rows = rows_of(&self.inputs[input].rows, &changes.batch)?;
+        self.apply(ctx, state, input as u8, &keys, rows, |i| changes.sign(i))?;
+        if matches!(self.partitioning, Partitioning::Lookup { .. }) {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let affected = Self::distinct(&keys);
+        match self.partitioning {
+            Partitioning::GroupColumns(_) => {
+                let mut input_rows = Vec::new();
+                let mut old = Vec::new();
+                for key in &affected {
+                    input_rows.extend(self.load(ctx, state, 0, key)?);
+                    old.extend(self.load(ctx, state, OUTPUT_SIDE, key)?);
+                    ctx.txn
+                        .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, key))?;
+                }
+                let batch =
+                    Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &input_rows)?;
+                let new = self.execute(ctx.session, vec![batch]).await?;
+                let (change, new_rows) = self.diff(&old, &new)?;
+                let new_keys = match &self.output_key {
+                    Some(codec) => codec
+                        .convert_columns(&new.columns()[..self.output_key_width()])?
+                        .iter()
+                        .map(|r| r.as_ref().to_vec())
+                        .collect(),
+                    None => vec![Vec::new(); new.num_rows()],
+                };
+                self.apply(ctx, state, OUTPUT_SIDE, &new_keys, new_rows, |_| 1)?;
+                Ok(change)
+            }
+            _ => {
+                let mut changes_out = Vec::new();
+                for key in &affected {
+                    let mut inputs = Vec::with_capacity(self.inputs.len());
+                    for (side, codec) in self.inputs.iter().enumerate() {
+                        let rows = self.load(ctx, state, side as u8, key)?;
+                        inputs.push(Self::decode(&codec.rows, &codec.schema, &rows)?);
+                    }
+                    let old = self.load(ctx, state, OUTPUT_SIDE, key)?;
+                    let new = self.execute(ctx.session, inputs).await?;
+                    let (change, new_rows) = self.diff(&old, &new)?;
+                    ctx.txn
+                        .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, key))?;
+                    let keys = vec![key.clone(); new_rows.len()];
+                    self.apply(ctx, state, OUTPUT_SIDE, &keys, new_rows, |_| 1)?;
+                    changes_out.push(change);
+                }
+                ChangeBatch::concat(self.schema.clone(), &changes_out)
+            }
+        }
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn explain(&self) -> String {
+        let state = match self.partitioning {
+            Partitioning::GroupColumns(_) => "state: input rows and output row per group",
+            Partitioning::PerKey => "state: input rows and output rows per key",
+            Partitioning::Lookup { .. } => "state: the table side's rows per key",
+        };
+        format!("{} ({state})", self.label)
+    }
+}
+
+impl Recompute {
+    fn output_key_width(&self) -> usize {
+        match self.partitioning {
+            Partitioning::GroupColumns(n) => n,
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! DataFusion `LogicalPlan` (optimized) -> a tree of incremental operators.
+//!
+//! Stateless nodes (projection, filter, alias, union) become [`Map`] and
+//! [`Union`]; stateful ones (aggregate, join, top-N, window) a [`Recompute`]
+//! of that very node over the partitions a change touches. A join of a
+//! stream with a table is a lookup join. What has no incremental form is
+//! refused here, at CREATE time, with 0A000.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::physical_plan::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use sluice_catalog::{state_prefix, Catalog};
+use sluice_common::{Result, SluiceError};
+use sluice_dataflow::operators::{Map, Partitioning, Recompute, RecomputeInput, Union};
+use sluice_dataflow::Node;
+use sluice_sql::RelationKind;
+
+/// Builds the operator tree of one view.
+pub struct Builder<'a> {
+    pub catalog: &'a Catalog,
+    pub ctx: &'a SessionContext,
+    pub view_id: u64,
+    next_op: u32,
+    /// Names of the relations read, in order.
+    pub depends_on: Vec<String>,
+}
+
+fn unsupported(what: impl Into<String>, hint: &str) -> SluiceError {
+    SluiceError::not_supported(what, Some(hint))
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(catalog: &'a Catalog, ctx: &'a SessionContext, view_id: u64) -> Self {
+        Builder {
+            catalog,
+            ctx,
+            view_id,
+            next_op: 0,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn state(&mut self) -> Vec<u8> {
+        let mut s = state_prefix(self.view_id);
+        s.extend_from_slice(&self.next_op.to_be_bytes());
+        self.next_op += 1;
+        s
+    }
+
+    fn physical(&self, expr: &Expr, schema: &DFSchemaRef) -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(self
+            .ctx
+            .state()
+            .create_physical_expr(expr.clone(), schema)?)
+    }
+
+    fn op(&mut self, op: Box<dyn sluice_dataflow::Operator>, inputs: Vec<Node>) -> Node {
+        let state = self.state();
+        Node::Op { op, inputs, state }
+    }
+
+    /// Whether every row `plan` produces is an insert, forever (it reads
+    /// only streams, through stateless nodes).
+    fn append_only(&self, plan: &LogicalPlan) -> bool {
+        match plan {
+            LogicalPlan::TableScan(scan) => matches!(
+                self.catalog.get(scan.table_name.table()),
+                Ok(Some(r)) if r.kind() == RelationKind::Stream
+            ),
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Union(_) => plan.inputs().iter().all(|i| self.append_only(i)),
+            _ => false,
+        }
+    }
+
+    pub fn build(&mut self, plan: &LogicalPlan) -> Result<Node> {
+        let out_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let name = scan.table_name.table().to_owned();
+                let relation = match (scan.table_name.schema(), self.catalog.get(&name)?) {
+                    (None | Some("public"), Some(r)) => r,
+                    _ => {
+                        return Err(unsupported(
+                            format!("a materialized view over \"{}\"", scan.table_name),
+                            "views read streams, tables and other materialized views",
+                        ))
+                    }
+                };
+                if !self.depends_on.contains(&name) {
+                    self.depends_on.push(name.clone());
+                }
+                let source = Node::Source {
+                    relation: relation.entry().id,
+                    name: format!("{} {name}", relation.kind()),
+                    schema: relation.schema(),
+                };
+                let source_schema = relation.schema();
+                let projection: Option<Vec<Arc<dyn PhysicalExpr>>> =
+                    scan.projection.as_ref().map(|indices| {
+                        indices
+                            .iter()
+                            .map(|&i| {
+                                Arc::new(PhysicalColumn::new(source_schema.field(i).name(), i))
+                                    as Arc<dyn PhysicalExpr>
+                            })
+                            .collect()
+                    });
+                let filter = match scan.filters.as_slice() {
+                    [] => None,
+                    filters => {
+                        let all = filters
+                            .iter()
+                            .cloned()
+                            .reduce(Expr::and)
+                            .ok_or_else(|| SluiceError::internal("no filter"))?;
+                        let full = datafusion::common::DFSchema::try_from_qualified_schema(
+                            scan.table_name.clone(),
+                            &source_schema,
+                        )?;
+                        Some(self.physical(&all, &Arc::new(full))?)
+                    }
+                };
+                if projection.is_none() && filter.is_none() {
+                    return Ok(source);
+                }
+                let map = Map::new(filter, projection, out_schema, format!("Scan: {name}"));
+                Ok(self.op(Box::new(map), vec![source]))
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.build(&p.input)?;
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| self.physical(e, p.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                let label = format!(
+                    "Project: {}",
+                    p.expr
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(self.op(
+                    Box::new(Map::new(None, Some(exprs), out_schema, label)),
+                    vec![input],
+                ))
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.build(&f.input)?;
+                let predicate = self.physical(&f.predicate, f.input.schema())?;
+                let label = format!("Filter: {}", f.predicate);
+                Ok(self.op(
+                    Box::new(Map::new(Some(predicate), None, out_schema, label)),
+                    vec![input],
+                ))
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let input = self.build(&a.input)?;
+                let label = format!("Alias: {}", a.alias);
+                Ok(self.op(
+                    Box::new(Map::new(None, None, out_schema, label)),
+                    vec![input],
+                ))
+            }
+            LogicalPlan::Sort(s) if s.fetch.is_none() => {
+                // A view has no order; ORDER BY without LIMIT changes nothing.
+                let input = self.build(&s.input)?;
+                let label = "Sort (ignored: views are unordered)".to_owned();
+                Ok(self.op(
+                    Box::new(Map::new(None, None, out_schema, label)),
+                    vec![input],
+                ))
+            }
+            LogicalPlan::Union(u) => {
+                let inputs = u
+                    .inputs
+                    .iter()
+                    .map(|i| self.build(i))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.op(Box::new(Union::new(out_schema)), inputs))
+            }
+            LogicalPlan::Aggregate(a) => {
+                if a.group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
+                {
+                    return Err(unsupported(
+                        "GROUPING SETS, CUBE and ROLLUP in a materialized view",
+                        "use one GROUP BY per view and UNION ALL them",
+                    ));
+                }
+                let input = self.build(&a.input)?;
+                let keys = a
+                    .group_expr
+                    .iter()
+                    .map(|e| self.physical(e, a.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                let label = format!(
+                    "GroupBy: [{}] aggregates [{}]",
+                    a.group_expr
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    a.aggr_expr
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let op = Recompute::try_new(
+                    plan.clone(),
+                    vec![RecomputeInput {
+                        df_schema: a.input.schema().clone(),
+                        keys,
+                    }],
+                    Partitioning::GroupColumns(a.group_expr.len()),
+                    label,
+                )?;
+                Ok(self.op(Box::new(op), vec![input]))
+            }
+            LogicalPlan::Join(j) => {
+                let left_stream = self.append_only(&j.left);
+                let right_stream = self.append_only(&j.right);
+                let partitioning =
+                    match (left_stream, right_stream, j.join_type) {
+                        (true, true, _) => {
+                            return Err(unsupported(
+                                "a join of two streams without a time bound",
+                                "both sides are unbounded, so their state would grow forever; \
+                             bound it with an interval join (b.ts BETWEEN a.ts - INTERVAL '1 hour' \
+                             AND a.ts) or the same window on both sides (the event-time issue)",
+                            ))
+                        }
+                        (true, false, JoinType::Inner | JoinType::Left) => {
+                            Partitioning::Lookup { stream: 0 }
+                        }
+                        (false, true, JoinType::Inner | JoinType::Right) => {
+                            Partitioning::Lookup { stream: 1 }
+                        }
+                        (true, false, _) | (false, true, _) => return Err(unsupported(
+                            format!("{} JOIN of a stream with a table", j.join_type),
+                            "a stream joins a table as a lookup: use JOIN or LEFT JOIN with the \
+                             stream on the left",
+                        )),
+                        (false, false, _) => Partitioning::PerKey,
+                    };
+                let left = self.build(&j.left)?;
+                let right = self.build(&j.right)?;
+                let left_keys =
+                    j.on.iter()
+                        .map(|(l, _)| self.physical(l, j.left.schema()))
+                        .collect::<Result<Vec<_>>>()?;
+                let right_keys =
+                    j.on.iter()
+                        .map(|(_, r)| self.physical(r, j.right.schema()))
+                        .collect::<Result<Vec<_>>>()?;
+                let kind = if matches!(partitioning, Partitioning::Lookup { .. }) {
+                    "LookupJoin"
+                } else {
+                    "Join"
+                };
+                let label = format!(
+                    "{kind} {}: on [{}]{}",
+                    j.join_type,
+                    j.on.iter()
+                        .map(|(l, r)| format!("{l} = {r}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    j.filter
+                        .as_ref()
+                        .map(|f| format!(" filter {f}"))
+                        .unwrap_or_default()
+                );
+                let op = Recompute::try_new(
+                    plan.clone(),
+                    vec![
+                        RecomputeInput {
+                            df_schema: j.left.schema().clone(),
+                            keys: left_keys,
+                        },
+                        RecomputeInput {
+                            df_schema: j.right.schema().clone(),
+                            keys: right_keys,
+                        },
+                    ],
+                    partitioning,
+                    label,
+                )?;
+                Ok(self.op(Box::new(op), vec![left, right]))
+            }
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+                let child = plan.inputs()[0];
+                if self.append_only(child) {
+                    return Err(unsupported(
+                        "ORDER BY ... LIMIT over a stream",
+                        "aggregate the stream first (GROUP BY), then take the top N of the result",
+                    ));
+                }
+                let input = self.build(child)?;
+                let label = format!("TopN: {}", plan.display());
+                let op = Recompute::try_new(
+                    plan.clone(),
+                    vec![RecomputeInput {
+                        df_schema: child.schema().clone(),
+                        keys: Vec::new(),
+                    }],
+                    Partitioning::PerKey,
+                    label,
+                )?;
+                Ok(self.op(Box::new(op), vec![input]))
+            }
+            LogicalPlan::Window(w) => {
+                let partition_by = window_partition(&w.window_expr);
+                let input = self.build(&w.input)?;
+                let keys = partition_by
+                    .iter()
+                    .map(|e| self.physical(e, w.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                let label = format!(
+                    "Window: [{}] partitioned by [{}]",
+                    w.window_expr
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    partition_by
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let op = Recompute::try_new(
+                    plan.clone(),
+                    vec![RecomputeInput {
+                        df_schema: w.input.schema().clone(),
+                        keys,
+                    }],
+                    Partitioning::PerKey,
+                    label,
+                )?;
+                Ok(self.op(Box::new(op), vec![input]))
+            }
+            other => Err(unsupported(
+                format!("{} in a materialized view", node_name(other)),
+                "views support projections, filters, GROUP BY, DISTINCT, joins, UNION ALL, \
+                 ORDER BY ... LIMIT and window functions over streams, tables and views",
+            )),
+        }
+    }
+}
+
+/// The PARTITION BY shared by every window function, or none (one partition).
+fn window_partition(window_exprs: &[Expr]) -> Vec<Expr> {
+    let mut partitions = window_exprs.iter().map(|e| match e {
+        Expr::WindowFunction(f) => f.params.partition_by.clone(),
+        Expr::Alias(a) => match a.expr.as_ref() {
+            Expr::WindowFunction(f) => f.params.partition_by.clone(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    });
+    let first = partitions.next().unwrap_or_default();
+    if partitions.all(|p| p == first) {
+        first
+    } else {
+        Vec::new()
+    }
+}
+
+fn node_name(plan: &LogicalPlan) -> String {
+    let text = plan.display().to_string();
+    let name = text.split(':').next().unwrap_or("this query").trim();
+    if name.is_empty() {
+        "this query".to_owned()
+    } else {
+        name.to_owned()
+    }
+}

@@ -1,0 +1,139 @@
+//! A transaction over a store: reads see the transaction's own writes, and
+//! everything is written in one atomic batch at commit.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::{prefix_successor, KeyValue, Result, StateBackend, WriteBatch};
+
+/// Buffered writes over a [`StateBackend`].
+pub struct StateTxn {
+    store: Arc<dyn StateBackend>,
+    /// `None` marks a deleted key.
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    batch: WriteBatch,
+}
+
+impl std::fmt::Debug for StateTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateTxn")
+            .field("pending", &self.overlay.len())
+            .finish()
+    }
+}
+
+impl StateTxn {
+    /// A transaction over `store`.
+    pub fn new(store: Arc<dyn StateBackend>) -> Self {
+        StateTxn {
+            store,
+            overlay: BTreeMap::new(),
+            batch: WriteBatch::new(),
+        }
+    }
+
+    /// Sets `key`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key.clone(), Some(value.clone()));
+        self.batch.put(key, value);
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key.clone(), None);
+        self.batch.delete(key);
+    }
+
+    /// Removes every key starting with `prefix`.
+    pub fn delete_prefix(&mut self, prefix: Vec<u8>) -> Result<()> {
+        for (k, _) in self.scan_prefix(&prefix)? {
+            self.overlay.insert(k, None);
+        }
+        self.batch.delete_prefix(prefix);
+        Ok(())
+    }
+
+    /// Reads keys, seeing this transaction's writes.
+    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| !self.overlay.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut stored = self.store.multi_get(&missing)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|k| match self.overlay.get(k) {
+                Some(v) => v.clone(),
+                None => stored.next().flatten(),
+            })
+            .collect())
+    }
+
+    /// Every pair under `prefix`, in key order, seeing this transaction's writes.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.store.scan_prefix(prefix)?.into_iter().collect();
+        let end = match prefix_successor(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        for (k, v) in self.overlay.range((Bound::Included(prefix.to_vec()), end)) {
+            match v {
+                Some(v) => {
+                    merged.insert(k.clone(), v.clone());
+                }
+                None => {
+                    merged.remove(k);
+                }
+            }
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Writes everything, atomically and durably.
+    pub fn commit(self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write(self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryBackend;
+
+    #[test]
+    fn reads_see_own_writes_and_commit_is_atomic() {
+        let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        let mut seed = WriteBatch::new();
+        seed.put(b"a/1".to_vec(), b"x".to_vec());
+        seed.put(b"a/2".to_vec(), b"y".to_vec());
+        store.write(seed).expect("seed");
+
+        let mut txn = StateTxn::new(store.clone());
+        txn.put(b"a/3".to_vec(), b"z".to_vec());
+        txn.delete(b"a/1".to_vec());
+        assert_eq!(
+            txn.scan_prefix(b"a/").expect("scan"),
+            vec![
+                (b"a/2".to_vec(), b"y".to_vec()),
+                (b"a/3".to_vec(), b"z".to_vec())
+            ]
+        );
+        assert_eq!(
+            txn.multi_get(&[b"a/1".to_vec(), b"a/2".to_vec(), b"a/3".to_vec()])
+                .expect("get"),
+            vec![None, Some(b"y".to_vec()), Some(b"z".to_vec())]
+        );
+        // Nothing reaches the store before commit.
+        assert_eq!(store.get(b"a/1").expect("get"), Some(b"x".to_vec()));
+        txn.delete_prefix(b"a/".to_vec()).expect("delete prefix");
+        assert!(txn.scan_prefix(b"a/").expect("scan").is_empty());
+        txn.commit().expect("commit");
+        assert!(store.scan_prefix(b"a/").expect("scan").is_empty());
+    }
+}
