@@ -350,6 +350,10 @@ impl<'a> Builder<'a> {
                 )?;
                 Ok(self.op(Box::new(op), vec![input]))
             }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(unsupported(
+                "a materialized view over constant rows",
+                "a view reads streams, tables or other views; SELECT constants directly",
+            )),
             other => Err(unsupported(
                 format!("{} in a materialized view", node_name(other)),
                 "views support projections, filters, GROUP BY, DISTINCT, joins, UNION ALL, \

@@ -122,6 +122,9 @@ fn main() {
         }
     }
 
+    // Stop every server before exiting: RocksDB must close before the
+    // process's destructors run.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     println!(
         "\n{passed} passed, {} failed in {:.1}s",
         failures.len(),

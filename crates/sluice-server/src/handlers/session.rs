@@ -87,18 +87,12 @@ fn unsupported(statement: &ast::Statement) -> SluiceError {
     let text = statement.to_string();
     let words: Vec<&str> = text.split_whitespace().take(3).collect();
     let what = match words.as_slice() {
-        ["CREATE", "MATERIALIZED", "VIEW"] => {
-            return SluiceError::not_supported(
-                "CREATE MATERIALIZED VIEW",
-                Some("materialized views are not available in this version yet"),
-            )
-        }
         ["CREATE" | "DROP" | "ALTER", second, ..] => format!("{} {}", words[0], second),
         [first, ..] => first.to_string(),
         [] => "this statement".to_owned(),
     };
     SluiceError::not_supported(
         format!("statement {what}"),
-        Some("Sluice supports CREATE/DROP STREAM|TABLE, INSERT, UPDATE, DELETE, SELECT, SHOW, DESCRIBE and FLUSH"),
+        Some("Sluice supports CREATE/DROP STREAM|TABLE|MATERIALIZED VIEW, INSERT, UPDATE, DELETE, SELECT, SHOW, DESCRIBE and FLUSH"),
     )
 }

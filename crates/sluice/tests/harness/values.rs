@@ -98,6 +98,15 @@ fn float_text(f: f64) -> String {
     }
 }
 
+/// A one-dimensional array as Postgres prints it: `{1,2,NULL}`.
+fn array_text<T: std::fmt::Display>(values: Vec<Option<T>>) -> String {
+    let items: Vec<String> = values
+        .into_iter()
+        .map(|v| v.map_or_else(|| "NULL".to_owned(), |v| v.to_string()))
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
+
 fn text<'a, T: FromSql<'a>>(
     row: &'a Row,
     i: usize,
@@ -131,6 +140,12 @@ pub fn cell(row: &Row, i: usize) -> Result<Option<String>, tokio_postgres::Error
             // Binary jsonb is a version byte (1) followed by the text.
             String::from_utf8_lossy(v.0.get(1..).unwrap_or_default()).into_owned()
         }),
+        Type::INT8_ARRAY => text(row, i, |v: Vec<Option<i64>>| array_text(v)),
+        Type::INT4_ARRAY => text(row, i, |v: Vec<Option<i32>>| array_text(v)),
+        Type::FLOAT8_ARRAY => text(row, i, |v: Vec<Option<f64>>| {
+            array_text(v.into_iter().map(|f| f.map(float_text)).collect())
+        }),
+        Type::TEXT_ARRAY => text(row, i, |v: Vec<Option<String>>| array_text(v)),
         _ => text(row, i, |v: Raw| String::from_utf8_lossy(&v.0).into_owned()),
     }
 }
