@@ -41,6 +41,17 @@ pub trait Operator: Send + Sync {
         ctx: &mut OpContext<'_>,
     ) -> Result<ChangeBatch>;
 
+    /// The output the operator has before any input arrives (a global
+    /// aggregate has one row over no rows: `count(*) = 0`). Called once,
+    /// when the view is created.
+    async fn initialize(
+        &self,
+        _state: &[u8],
+        _ctx: &mut OpContext<'_>,
+    ) -> Result<Option<ChangeBatch>> {
+        Ok(None)
+    }
+
     /// The schema of the output.
     fn schema(&self) -> SchemaRef;
 
@@ -125,6 +136,34 @@ impl Node {
                     Ok(Some(ChangeBatch::concat(op.schema(), &outputs)?))
                 }
             }
+        })
+    }
+
+    /// Emits what every operator outputs before any input (bottom-up), for
+    /// a view that was just created.
+    pub fn initialize<'a>(
+        &'a self,
+        ctx: &'a mut OpContext<'_>,
+    ) -> BoxFuture<'a, Result<Option<ChangeBatch>>> {
+        Box::pin(async move {
+            let Node::Op { op, inputs, state } = self else {
+                return Ok(None);
+            };
+            let mut outputs = Vec::new();
+            for (i, input) in inputs.iter().enumerate() {
+                if let Some(delta) = input.initialize(ctx).await? {
+                    if !delta.is_empty() {
+                        outputs.push(op.process(i, delta, state, ctx).await?);
+                    }
+                }
+            }
+            if let Some(own) = op.initialize(state, ctx).await? {
+                outputs.push(own);
+            }
+            if outputs.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(ChangeBatch::concat(op.schema(), &outputs)?))
         })
     }
 

@@ -157,6 +157,13 @@ impl Dataflow {
                 relation.apply_view_changes(&mut txn, &out)?;
             }
         }
+        let mut ctx = OpContext {
+            txn: &mut txn,
+            session: &self.ctx,
+        };
+        if let Some(out) = root.initialize(&mut ctx).await? {
+            relation.apply_view_changes(&mut txn, &out)?;
+        }
         self.catalog.register_view(&relation, &mut txn)?;
         txn.commit()?;
         self.catalog.publish(relation.clone())?;

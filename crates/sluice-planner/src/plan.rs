@@ -248,7 +248,10 @@ impl<'a> Builder<'a> {
                             Partitioning::Lookup { stream: 1 }
                         }
                         (true, false, _) | (false, true, _) => return Err(unsupported(
-                            format!("{} JOIN of a stream with a table", j.join_type),
+                            format!(
+                                "{} JOIN of a stream with a table",
+                                j.join_type.to_string().to_uppercase()
+                            ),
                             "a stream joins a table as a lookup: use JOIN or LEFT JOIN with the \
                              stream on the left",
                         )),

@@ -140,6 +140,29 @@ impl SqlType {
     }
 }
 
+/// The Postgres name of an Arrow type, for columns that are not declared
+/// (a view's): `bigint`, `text`, `numeric(10,2)`, `bigint[]`, ...
+pub fn pg_type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".into(),
+        DataType::Int32 | DataType::UInt16 => "integer".into(),
+        DataType::Int64 | DataType::UInt32 => "bigint".into(),
+        DataType::UInt64 => "numeric".into(),
+        DataType::Float16 | DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+        DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
+        DataType::List(f) | DataType::LargeList(f) => format!("{}[]", pg_type_name(f.data_type())),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
 fn numeric(info: &ast::ExactNumberInfo) -> Result<SqlType> {
     let (precision, scale) = match info {
         ast::ExactNumberInfo::None => (DEFAULT_NUMERIC.0 as u64, DEFAULT_NUMERIC.1 as i64),

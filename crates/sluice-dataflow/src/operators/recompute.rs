@@ -439,6 +439,27 @@ impl Operator for Recompute {
         }
     }
 
+    async fn initialize(
+        &self,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<Option<ChangeBatch>> {
+        // Only a global aggregate (GROUP BY nothing) has output over no rows.
+        if self.partitioning != Partitioning::GroupColumns(0) {
+            return Ok(None);
+        }
+        if !self.load(ctx, state, OUTPUT_SIDE, &[])?.is_empty() {
+            return Ok(None);
+        }
+        let rows = self.load(ctx, state, 0, &[])?;
+        let batch = Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &rows)?;
+        let new = self.execute(ctx.session, vec![batch]).await?;
+        let (change, new_rows) = self.diff(&[], &new)?;
+        let keys = vec![Vec::new(); new_rows.len()];
+        self.apply(ctx, state, OUTPUT_SIDE, &keys, new_rows, |_| 1)?;
+        Ok(Some(change))
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

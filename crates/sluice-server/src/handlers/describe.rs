@@ -29,6 +29,16 @@ pub fn execute(engine: &Engine, name: &ObjectName) -> Result<Output> {
     let mut nullable = Vec::new();
     let mut key = Vec::new();
     let mut watermark = Vec::new();
+    if entry.columns.is_empty() {
+        // A view: its columns are those of its query.
+        for field in relation.schema().fields() {
+            names.push(field.name().clone());
+            types.push(sluice_sql::types::pg_type_name(field.data_type()));
+            nullable.push(field.is_nullable());
+            key.push(false);
+            watermark.push(None);
+        }
+    }
     for (i, c) in entry.columns.iter().enumerate() {
         names.push(c.name.clone());
         types.push(c.sql_type.to_string());
