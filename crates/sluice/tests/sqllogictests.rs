@@ -19,7 +19,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, drivers, slt};
+use harness::{crash, differential, drivers, slt};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -93,7 +93,10 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 3] = [
+        let scenarios: [(&str, Scenario); 4] = [
+            ("differential: views equal batch queries", || {
+                Box::pin(differential::random_changes_match_batch())
+            }),
             ("drivers: binary parameters round-trip", || {
                 Box::pin(drivers::binary_parameters_round_trip())
             }),

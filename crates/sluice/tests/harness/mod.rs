@@ -2,6 +2,7 @@
 //! sqllogictest database over tokio-postgres, and the crash test.
 
 pub mod crash;
+pub mod differential;
 pub mod drivers;
 pub mod server;
 pub mod slt;
