@@ -16,7 +16,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use sluice_catalog::{state_prefix, Catalog};
 use sluice_common::{Result, SluiceError};
-use sluice_dataflow::operators::{Map, Partitioning, Recompute, RecomputeInput, Union};
+use sluice_dataflow::operators::{Map, Merge, Partitioning, Recompute, RecomputeInput, Union};
 use sluice_dataflow::Node;
 use sluice_sql::RelationKind;
 
@@ -217,7 +217,7 @@ impl<'a> Builder<'a> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let op = Recompute::try_new(
+                let mut op = Recompute::try_new(
                     plan.clone(),
                     vec![RecomputeInput {
                         df_schema: a.input.schema().clone(),
@@ -226,6 +226,11 @@ impl<'a> Builder<'a> {
                     Partitioning::GroupColumns(a.group_expr.len()),
                     label,
                 )?;
+                if self.append_only(&a.input) {
+                    if let Some(merge) = mergeable(&a.aggr_expr) {
+                        op = op.with_merge(merge);
+                    }
+                }
                 Ok(self.op(Box::new(op), vec![input]))
             }
             LogicalPlan::Join(j) => {
@@ -364,6 +369,32 @@ impl<'a> Builder<'a> {
             )),
         }
     }
+}
+
+/// How each aggregate merges, when all of them do (count, sum, min, max
+/// without DISTINCT, FILTER or ORDER BY).
+fn mergeable(aggregates: &[Expr]) -> Option<Vec<Merge>> {
+    aggregates
+        .iter()
+        .map(|e| {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(f) = e else {
+                return None;
+            };
+            if f.params.distinct || f.params.filter.is_some() || !f.params.order_by.is_empty() {
+                return None;
+            }
+            match f.func.name() {
+                "count" | "sum" => Some(Merge::Sum),
+                "min" => Some(Merge::Min),
+                "max" => Some(Merge::Max),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The PARTITION BY shared by every window function, or none (one partition).

@@ -5,5 +5,5 @@ mod recompute;
 mod union;
 
 pub use map::Map;
-pub use recompute::{Partitioning, Recompute, RecomputeInput};
+pub use recompute::{Merge, Partitioning, Recompute, RecomputeInput};
 pub use union::Union;

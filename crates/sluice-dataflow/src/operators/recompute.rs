@@ -55,6 +55,18 @@ pub enum Partitioning {
     },
 }
 
+/// How the partial aggregates of two batches of rows combine, for an
+/// aggregate that can be merged (count, sum, min, max).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// count and sum: add.
+    Sum,
+    /// min: the smaller.
+    Min,
+    /// max: the larger.
+    Max,
+}
+
 /// One input of a [`Recompute`].
 pub struct RecomputeInput {
     /// The input's schema as the node's plan sees it (with qualifiers).
@@ -81,6 +93,10 @@ pub struct Recompute {
     output_rows: RowConverter,
     output_key: Option<RowConverter>,
     label: String,
+    /// For GROUP BY over an append-only input whose aggregates all merge:
+    /// keep only each group's output row and merge the aggregate of each
+    /// change into it, instead of keeping every input row.
+    merge: Option<Vec<Merge>>,
 }
 
 fn converter(
@@ -160,7 +176,82 @@ impl Recompute {
             schema,
             output_key,
             label,
+            merge: None,
         })
+    }
+
+    /// Maintains a GROUP BY over an append-only input by merging partial
+    /// aggregates (one `Merge` per aggregate, in order): state stays one
+    /// row per group however many rows arrive.
+    pub fn with_merge(mut self, merge: Vec<Merge>) -> Self {
+        if matches!(self.partitioning, Partitioning::GroupColumns(_)) {
+            self.merge = Some(merge);
+        }
+        self
+    }
+
+    /// Combines old output rows and partial aggregates of new rows, group
+    /// by group.
+    async fn merge_rows(
+        &self,
+        session: &SessionContext,
+        merge: &[Merge],
+        parts: RecordBatch,
+    ) -> Result<RecordBatch> {
+        use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+        use datafusion::logical_expr::{cast, col};
+        let n = self.output_key_width();
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+            .collect();
+        let scratch = Arc::new(Schema::new(fields));
+        let parts = RecordBatch::try_new(scratch.clone(), parts.columns().to_vec())?;
+        let table = MemTable::try_new(scratch, vec![vec![parts]])?;
+        let group: Vec<Expr> = (0..n).map(|i| col(format!("c{i}"))).collect();
+        let aggregates: Vec<Expr> = merge
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let c = col(format!("c{}", n + j));
+                match m {
+                    Merge::Sum => sum(c),
+                    Merge::Min => min(c),
+                    Merge::Max => max(c),
+                }
+                .alias(format!("m{j}"))
+            })
+            .collect();
+        let outputs: Vec<Expr> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name = if i < n {
+                    format!("c{i}")
+                } else {
+                    format!("m{}", i - n)
+                };
+                cast(col(name), f.data_type().clone()).alias(format!("o{i}"))
+            })
+            .collect();
+        let plan = LogicalPlanBuilder::scan(SCRATCH, provider_as_source(Arc::new(table)), None)?
+            .aggregate(group, aggregates)?
+            .project(outputs)?
+            .build()?;
+        let batches = session.execute_logical_plan(plan).await?.collect().await?;
+        let merged = match batches.first() {
+            Some(first) => concat_batches(&first.schema(), &batches)?,
+            None => return Ok(RecordBatch::new_empty(self.schema.clone())),
+        };
+        Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            merged.columns().to_vec(),
+        )?)
     }
 
     fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
@@ -386,6 +477,22 @@ impl Operator for Recompute {
             }
         }
         let keys = self.keys_of(input, &changes.batch)?;
+        if let Some(merge) = &self.merge {
+            if !changes.is_append_only() {
+                return Err(SluiceError::internal("merged aggregate got a retraction"));
+            }
+            let mut old = Vec::new();
+            for key in Self::distinct(&keys) {
+                old.extend(self.load(ctx, state, OUTPUT_SIDE, &key)?);
+                ctx.txn
+                    .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, &key))?;
+            }
+            let partial = self.execute(ctx.session, vec![changes.batch]).await?;
+            let old_batch = Self::decode(&self.output_rows, &self.schema, &old)?;
+            let parts = concat_batches(&self.schema, [&old_batch, &partial])?;
+            let new = self.merge_rows(ctx.session, merge, parts).await?;
+            return self.replace_groups(ctx, state, &old, &new);
+        }
         let rows = rows_of(&self.inputs[input].rows, &changes.batch)?;
         self.apply(ctx, state, input as u8, &keys, rows, |i| changes.sign(i))?;
         if matches!(self.partitioning, Partitioning::Lookup { .. }) {
@@ -466,6 +573,9 @@ impl Operator for Recompute {
 
     fn explain(&self) -> String {
         let state = match self.partitioning {
+            Partitioning::GroupColumns(_) if self.merge.is_some() => {
+                "state: output row per group, merged with each change"
+            }
             Partitioning::GroupColumns(_) => "state: input rows and output row per group",
             Partitioning::PerKey => "state: input rows and output rows per key",
             Partitioning::Lookup { .. } => "state: the table side's rows per key",
@@ -475,6 +585,28 @@ impl Operator for Recompute {
 }
 
 impl Recompute {
+    /// Emits the change from `old` to `new` output rows of some groups and
+    /// stores `new` as their output (the old rows are already removed).
+    fn replace_groups(
+        &self,
+        ctx: &mut OpContext<'_>,
+        state: &[u8],
+        old: &[(Vec<u8>, i64)],
+        new: &RecordBatch,
+    ) -> Result<ChangeBatch> {
+        let (change, new_rows) = self.diff(old, new)?;
+        let new_keys = match &self.output_key {
+            Some(codec) => codec
+                .convert_columns(&new.columns()[..self.output_key_width()])?
+                .iter()
+                .map(|r| r.as_ref().to_vec())
+                .collect(),
+            None => vec![Vec::new(); new.num_rows()],
+        };
+        self.apply(ctx, state, OUTPUT_SIDE, &new_keys, new_rows, |_| 1)?;
+        Ok(change)
+    }
+
     fn output_key_width(&self) -> usize {
         match self.partitioning {
             Partitioning::GroupColumns(n) => n,

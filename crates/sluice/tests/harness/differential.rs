@@ -26,6 +26,26 @@ const VIEWS: &[(&str, &str)] = &[
     ("v_global", "SELECT count(*) AS n, max(w) AS mw FROM b"),
 ];
 
+/// Views over the stream `e`, and the same query over `e_mirror`, a table
+/// that receives the same rows (a stream cannot be queried ad hoc).
+const STREAM_VIEWS: &[(&str, &str, &str)] = &[
+    (
+        "vs_groups",
+        "SELECT k, count(*) AS n, sum(x) AS sx, min(x) AS mn, max(x) AS mx FROM e GROUP BY k",
+        "SELECT k, count(*) AS n, sum(x) AS sx, min(x) AS mn, max(x) AS mx FROM e_mirror GROUP BY k",
+    ),
+    (
+        "vs_global",
+        "SELECT count(*) AS n, max(x) AS mx FROM e WHERE x > 10",
+        "SELECT count(*) AS n, max(x) AS mx FROM e_mirror WHERE x > 10",
+    ),
+    (
+        "vs_distinct",
+        "SELECT k, count(DISTINCT x) AS dx FROM e GROUP BY k",
+        "SELECT k, count(DISTINCT x) AS dx FROM e_mirror GROUP BY k",
+    ),
+];
+
 /// Views over views, with their batch equivalent.
 const VIEWS_ON_VIEWS: &[(&str, &str, &str)] = &[
     (
@@ -74,9 +94,20 @@ async fn rows(client: &Client, sql: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn random_statement(rng: &mut Rng) -> String {
+fn random_statement(rng: &mut Rng, step: usize) -> String {
     let text = ["x", "y", "z"];
-    match rng.below(10) {
+    match rng.below(12) {
+        10..=11 => {
+            let (k, x) = (rng.below(4), rng.below(40));
+            let k = if rng.below(10) == 0 {
+                "NULL".to_owned()
+            } else {
+                k.to_string()
+            };
+            format!(
+                "INSERT INTO e VALUES ({k}, {x}); INSERT INTO e_mirror VALUES ({step}, {k}, {x})"
+            )
+        }
         0..=3 => {
             let n = 1 + rng.below(3);
             let values: Vec<String> = (0..n)
@@ -138,6 +169,8 @@ pub async fn random_changes_match_batch() -> anyhow::Result<()> {
         .batch_execute(
             "CREATE TABLE a (id BIGINT PRIMARY KEY, g BIGINT, v BIGINT, s TEXT);
              CREATE TABLE b (id BIGINT PRIMARY KEY, a_id BIGINT, w BIGINT);
+             CREATE STREAM e (k BIGINT, x BIGINT);
+             CREATE TABLE e_mirror (id BIGINT PRIMARY KEY, k BIGINT, x BIGINT);
              INSERT INTO a VALUES (1, 1, 10, 'x'), (2, 1, 20, 'y'), (3, 2, 30, NULL);
              INSERT INTO b VALUES (1, 1, 5), (2, 3, 50);",
         )
@@ -148,7 +181,7 @@ pub async fn random_changes_match_batch() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("creating {name}"))?;
     }
-    for (name, sql, _) in VIEWS_ON_VIEWS {
+    for (name, sql, _) in STREAM_VIEWS.iter().chain(VIEWS_ON_VIEWS) {
         client
             .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}"))
             .await
@@ -156,7 +189,7 @@ pub async fn random_changes_match_batch() -> anyhow::Result<()> {
     }
     let mut rng = Rng(seed.max(1));
     for step in 0..steps {
-        let statement = random_statement(&mut rng);
+        let statement = random_statement(&mut rng, step);
         client
             .batch_execute(&statement)
             .await
