@@ -288,6 +288,9 @@ pub struct Catalog {
     /// Serializes writers (DDL and DML), so a read-modify-write such as
     /// UPDATE sees no concurrent change.
     writer: Mutex<()>,
+    /// Commits take it exclusively, queries shared: every relation a query
+    /// scans is read at the same committed state.
+    commits: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -332,6 +335,7 @@ impl Catalog {
             inner: RwLock::new(inner),
             listener: RwLock::new(None),
             writer: Mutex::new(()),
+            commits: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -350,6 +354,19 @@ impl Catalog {
     /// The state store holding the catalog and the rows.
     pub fn store(&self) -> &Arc<dyn StateBackend> {
         &self.store
+    }
+
+    /// Commits a writer's transaction (the relation's rows, the views'
+    /// state and rows) atomically, never in the middle of a query's reads.
+    pub async fn commit(&self, txn: StateTxn) -> Result<()> {
+        let _exclusive = self.commits.write().await;
+        Ok(txn.commit()?)
+    }
+
+    /// Holds off commits while a query reads its relations, so that all of
+    /// them (every view included) are seen at the same point.
+    pub async fn read_snapshot(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.commits.read().await
     }
 
     /// Takes the writer lock: hold it across a read-modify-write.

@@ -210,7 +210,7 @@ impl TableProvider for RelationTable {
             .propagate(&self.relation, changes, &mut txn)
             .await
             .map_err(df)?;
-        txn.commit().map_err(|e| df(e.into()))?;
+        self.catalog.commit(txn).await.map_err(df)?;
         count_exec(doomed.num_rows() as u64)
     }
 
@@ -253,7 +253,7 @@ impl TableProvider for RelationTable {
             .propagate(&self.relation, changes, &mut txn)
             .await
             .map_err(df)?;
-        txn.commit().map_err(|e| df(e.into()))?;
+        self.catalog.commit(txn).await.map_err(df)?;
         count_exec(new.num_rows() as u64)
     }
 }
@@ -315,7 +315,7 @@ impl DataSink for RelationSink {
                 .await
                 .map_err(df)?;
         }
-        txn.commit().map_err(|e| df(e.into()))?;
+        self.catalog.commit(txn).await.map_err(df)?;
         Ok(count)
     }
 }

@@ -118,3 +118,38 @@ impl ChangeBatch {
         self.batch.schema()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(values: Vec<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).expect("batch")
+    }
+
+    #[test]
+    fn concat_filter_and_negate_keep_signs_aligned() {
+        let inserts = ChangeBatch::inserts(batch(vec![1, 2]));
+        let mixed = ChangeBatch::new(batch(vec![3, 4]), vec![-1, 1]);
+        let all = ChangeBatch::concat(inserts.schema(), &[inserts.clone(), mixed]).expect("concat");
+        assert_eq!(
+            all,
+            ChangeBatch::new(batch(vec![1, 2, 3, 4]), vec![1, 1, -1, 1])
+        );
+        assert!(inserts.is_append_only());
+        assert!(!all.is_append_only());
+        let mask = BooleanArray::from(vec![Some(false), None, Some(true), Some(true)]);
+        let kept = all.filter(&mask).expect("filter");
+        assert_eq!(kept, ChangeBatch::new(batch(vec![3, 4]), vec![-1, 1]));
+        assert_eq!(
+            kept.negated(),
+            ChangeBatch::new(batch(vec![3, 4]), vec![1, -1])
+        );
+    }
+}

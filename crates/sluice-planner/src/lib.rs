@@ -165,7 +165,7 @@ impl Dataflow {
             relation.apply_view_changes(&mut txn, &out)?;
         }
         self.catalog.register_view(&relation, &mut txn)?;
-        txn.commit()?;
+        self.catalog.commit(txn).await?;
         self.catalog.publish(relation.clone())?;
         self.install(relation, root)?;
         Ok(Created::New)

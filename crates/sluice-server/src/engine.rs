@@ -206,6 +206,12 @@ impl Engine {
             }),
             _ => None,
         };
+        // A query reads all its relations at one committed state; writes
+        // (which hold the writer lock) need no snapshot.
+        let _snapshot = match dml {
+            None => Some(self.catalog.read_snapshot().await),
+            Some(_) => None,
+        };
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;

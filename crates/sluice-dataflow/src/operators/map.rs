@@ -82,3 +82,63 @@ impl Operator for Map {
         format!("{} (stateless)", self.label)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::Operator as BinaryOp;
+    use datafusion::physical_plan::expressions::{binary, col, lit};
+    use datafusion::prelude::SessionContext;
+    use sluice_state::{MemoryBackend, StateTxn};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn filters_and_projects_keeping_signs() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(Int64Array::from(vec![10, 20, 30])),
+            ],
+        )
+        .expect("batch");
+        // + 1 10, - 2 20, + 3 30  ->  WHERE a > 1  ->  SELECT b
+        let changes = ChangeBatch::new(batch, vec![1, -1, 1]);
+        let predicate = binary(
+            col("a", &schema).expect("a"),
+            BinaryOp::Gt,
+            lit(1i64),
+            &schema,
+        )
+        .expect("a > 1");
+        let out_schema = Arc::new(Schema::new(vec![Field::new("b", DataType::Int64, true)]));
+        let map = Map::new(
+            Some(predicate),
+            Some(vec![col("b", &schema).expect("b")]),
+            out_schema.clone(),
+            "test".into(),
+        );
+        let mut txn = StateTxn::new(Arc::new(MemoryBackend::new()));
+        let session = SessionContext::new();
+        let mut ctx = OpContext {
+            txn: &mut txn,
+            session: &session,
+        };
+        let out = map
+            .process(0, changes, &[], &mut ctx)
+            .await
+            .expect("process");
+        let expected =
+            RecordBatch::try_new(out_schema, vec![Arc::new(Int64Array::from(vec![20, 30]))])
+                .expect("expected");
+        assert_eq!(out, ChangeBatch::new(expected, vec![-1, 1]));
+    }
+}
