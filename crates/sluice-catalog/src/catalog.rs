@@ -369,6 +369,25 @@ impl Catalog {
         self.commits.read().await
     }
 
+    /// Appends a batch of events to a stream, through every view that reads
+    /// it, in one transaction (what a source connector does).
+    pub async fn append_to_stream(
+        &self,
+        stream: &Arc<Relation>,
+        batch: &RecordBatch,
+    ) -> Result<()> {
+        if stream.kind() != RelationKind::Stream {
+            return Err(SluiceError::internal(
+                "append to a relation that is not a stream",
+            ));
+        }
+        let _writer = self.lock_writes().await;
+        let mut txn = StateTxn::new(self.store.clone());
+        let changes = stream.append(&mut txn, batch)?;
+        self.propagate(stream, changes, &mut txn).await?;
+        self.commit(txn).await
+    }
+
     /// Takes the writer lock: hold it across a read-modify-write.
     pub async fn lock_writes(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().await

@@ -76,6 +76,16 @@ impl<'a> Builder<'a> {
             | LogicalPlan::Filter(_)
             | LogicalPlan::SubqueryAlias(_)
             | LogicalPlan::Union(_) => plan.inputs().iter().all(|i| self.append_only(i)),
+            // A lookup join never revises what it emitted.
+            LogicalPlan::Join(j) => matches!(
+                (
+                    self.append_only(&j.left),
+                    self.append_only(&j.right),
+                    j.join_type
+                ),
+                (true, false, JoinType::Inner | JoinType::Left)
+                    | (false, true, JoinType::Inner | JoinType::Right)
+            ),
             _ => false,
         }
     }

@@ -4,6 +4,8 @@
 //! variables (`SLUICE_*`), then flags; each later source overrides the
 //! earlier ones. See `docs/config.md`.
 
+mod bench;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -23,6 +25,31 @@ struct Cli {
 enum Command {
     /// Run the server: pgwire on --listen, all state under --data-dir.
     Serve(ServeArgs),
+    /// Run a benchmark (build with --release) and print its report as JSON.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// A stream through filter -> lookup join -> GROUP BY count, maintained
+    /// as a materialized view, next to the same query as a DataFusion batch.
+    Views {
+        /// Number of events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Events per write (one transaction each).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Rows in the customers table.
+        #[arg(long, default_value_t = 10_000)]
+        customers: usize,
+        /// Also write the report to this file.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +133,28 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(serve(config))
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Views {
+                    events,
+                    batch,
+                    customers,
+                    output,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            let report = runtime.block_on(bench::run(events, batch.max(1), customers.max(1)))?;
+            let json = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = output {
+                std::fs::write(&path, &json)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{json}");
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,200 @@
+//! `sluice bench views`: the materialized-view micro-benchmark.
+//!
+//! A stream of orders goes through filter -> lookup join with a customers
+//! table -> GROUP BY count, maintained by Sluice batch by batch (each batch
+//! one durable transaction, as a source would write it). The same query then
+//! runs once as a DataFusion batch over the same rows, in the same process.
+//! Reported: events/s (wall and per CPU second), the ratio to the batch run,
+//! and peak RSS. Run it on a release build.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use sluice_common::ObjectKind;
+use sluice_server::Engine;
+use sluice_state::{RocksBackend, StateBackend};
+
+const VIEW: &str = "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue \
+     FROM orders o JOIN customers c ON o.customer = c.id \
+     WHERE o.amount > 10 GROUP BY c.region";
+
+/// What a run measured.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub events: usize,
+    pub batch_size: usize,
+    pub customers: usize,
+    pub streaming_wall_s: f64,
+    pub streaming_cpu_s: f64,
+    pub streaming_events_per_s: f64,
+    pub streaming_events_per_cpu_s: f64,
+    pub batch_wall_s: f64,
+    pub batch_events_per_s: f64,
+    pub ratio_streaming_to_batch: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// CPU seconds (user + system) this process used so far.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses).
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn orders(
+    schema: &Arc<Schema>,
+    from: usize,
+    n: usize,
+    customers: usize,
+) -> anyhow::Result<RecordBatch> {
+    let ids: Vec<i64> = (from..from + n).map(|i| i as i64).collect();
+    let customer: Vec<i64> = ids
+        .iter()
+        .map(|i| ((*i as u64).wrapping_mul(2_654_435_761) % customers as u64) as i64)
+        .collect();
+    let amount: Vec<i64> = ids.iter().map(|i| i % 100).collect();
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(Int64Array::from(customer)),
+            Arc::new(Int64Array::from(amount)),
+        ],
+    )?)
+}
+
+/// Runs the benchmark.
+pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::Result<Report> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
+    let engine = Engine::open(store).await?;
+    for sql in [
+        "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT)".to_owned(),
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)".to_owned(),
+        format!(
+            "INSERT INTO customers SELECT value, 'region ' || (value % 50) FROM generate_series(0, {})",
+            customers - 1
+        ),
+        format!("CREATE MATERIALIZED VIEW revenue AS {VIEW}"),
+    ] {
+        for statement in sluice_sql::parse(&sql)? {
+            engine.run(statement).await.with_context(|| sql.clone())?;
+        }
+    }
+    let stream = engine.catalog().require("orders", ObjectKind::Stream)?;
+    let schema = stream.schema();
+
+    let cpu = cpu_seconds();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < events {
+        let n = batch_size.min(events - sent);
+        let batch = orders(&schema, sent, n, customers)?;
+        engine.catalog().append_to_stream(&stream, &batch).await?;
+        sent += n;
+    }
+    let streaming_wall_s = start.elapsed().as_secs_f64();
+    let streaming_cpu_s = cpu_seconds() - cpu;
+
+    // The same query as a DataFusion batch over the same rows.
+    let ctx = SessionContext::new();
+    let mut all = Vec::new();
+    let mut made = 0;
+    while made < events {
+        let n = batch_size.min(events - made);
+        all.push(orders(&schema, made, n, customers)?);
+        made += n;
+    }
+    ctx.register_table(
+        "orders",
+        Arc::new(MemTable::try_new(schema.clone(), vec![all])?),
+    )?;
+    let customer_schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, true),
+    ]));
+    let customer_rows = RecordBatch::try_new(
+        customer_schema.clone(),
+        vec![
+            Arc::new(Int64Array::from((0..customers as i64).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                (0..customers)
+                    .map(|i| format!("region {}", i % 50))
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )?;
+    ctx.register_table(
+        "customers",
+        Arc::new(MemTable::try_new(
+            customer_schema,
+            vec![vec![customer_rows]],
+        )?),
+    )?;
+    let start = Instant::now();
+    let expected = ctx.sql(VIEW).await?.collect().await?;
+    let batch_wall_s = start.elapsed().as_secs_f64();
+
+    // The view must hold what the batch computed.
+    let got: usize = engine
+        .run(sluice_sql::parse("SELECT * FROM revenue")?.remove(0))
+        .await
+        .map(|o| match o {
+            sluice_server::Output::Rows { batches, .. } => {
+                batches.iter().map(|b| b.num_rows()).sum()
+            }
+            _ => 0,
+        })?;
+    let want: usize = expected.iter().map(|b| b.num_rows()).sum();
+    anyhow::ensure!(
+        got == want,
+        "the view has {got} groups, the batch query {want}"
+    );
+
+    let streaming_events_per_s = events as f64 / streaming_wall_s;
+    let batch_events_per_s = events as f64 / batch_wall_s;
+    Ok(Report {
+        events,
+        batch_size,
+        customers,
+        streaming_wall_s,
+        streaming_cpu_s,
+        streaming_events_per_s,
+        streaming_events_per_cpu_s: events as f64 / streaming_cpu_s.max(1e-9),
+        batch_wall_s,
+        batch_events_per_s,
+        ratio_streaming_to_batch: streaming_events_per_s / batch_events_per_s,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
