@@ -140,10 +140,19 @@ impl Dataflow {
             self.catalog
                 .new_view(&create.name, &create.query.to_string(), &schema, depends_on)?;
         let mut txn = StateTxn::new(self.catalog.store().clone());
+        // Back-fill tables and views first, streams last: a stream's past
+        // events then join the tables' current rows (a lookup join keeps
+        // no stream rows to join later).
+        let mut inputs = Vec::new();
         for source in root.sources() {
             let Some(input) = self.catalog.get_by_id(source)? else {
                 return Err(SluiceError::internal("a view's input vanished"));
             };
+            inputs.push(input);
+        }
+        inputs.sort_by_key(|r| r.kind() == RelationKind::Stream);
+        for input in inputs {
+            let source = input.entry().id;
             let contents = input.read_contents(&txn)?;
             if contents.num_rows() == 0 {
                 continue;
