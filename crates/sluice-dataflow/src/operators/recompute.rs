@@ -109,6 +109,20 @@ fn converter(
     Ok(Some(RowConverter::new(sort_fields)?))
 }
 
+/// `batch` (of `schema`) as an in-memory table whose columns are named
+/// `c0`, `c1`, ... so any qualified names can be put back on top.
+fn scratch_table(schema: &SchemaRef, batch: RecordBatch) -> Result<MemTable> {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .collect();
+    let scratch = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(scratch.clone(), batch.columns().to_vec())?;
+    Ok(MemTable::try_new(scratch, vec![vec![batch]])?)
+}
+
 fn rows_of(converter: &RowConverter, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let rows = converter.convert_columns(batch.columns())?;
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
@@ -201,16 +215,7 @@ impl Recompute {
         use datafusion::functions_aggregate::expr_fn::{max, min, sum};
         use datafusion::logical_expr::{cast, col};
         let n = self.output_key_width();
-        let fields: Vec<Field> = self
-            .schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
-            .collect();
-        let scratch = Arc::new(Schema::new(fields));
-        let parts = RecordBatch::try_new(scratch.clone(), parts.columns().to_vec())?;
-        let table = MemTable::try_new(scratch, vec![vec![parts]])?;
+        let table = scratch_table(&self.schema, parts)?;
         let group: Vec<Expr> = (0..n).map(|i| col(format!("c{i}"))).collect();
         let aggregates: Vec<Expr> = merge
             .iter()
@@ -349,16 +354,7 @@ impl Recompute {
     ) -> Result<RecordBatch> {
         let mut new_inputs = Vec::with_capacity(inputs.len());
         for (codec, batch) in self.inputs.iter().zip(inputs) {
-            let fields: Vec<Field> = codec
-                .schema
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
-                .collect();
-            let scratch = Arc::new(Schema::new(fields));
-            let batch = RecordBatch::try_new(scratch.clone(), batch.columns().to_vec())?;
-            let table = MemTable::try_new(scratch, vec![vec![batch]])?;
+            let table = scratch_table(&codec.schema, batch)?;
             let exprs: Vec<Expr> = codec
                 .df_schema
                 .iter()
