@@ -6,7 +6,7 @@ use datafusion::sql::sqlparser::ast::{self, Ident};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{IsOptional, Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use sluice_common::{Result, SluiceError};
 
 use crate::ast::{
@@ -17,7 +17,11 @@ use crate::types::SqlType;
 /// Parses a string holding zero or more `;`-separated statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let mut tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| ParserError::TokenizerError(e.to_string()))?;
+    strip_proctime(&mut tokens);
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut statements = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -34,6 +38,34 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         }
     }
     Ok(statements)
+}
+
+/// `stream JOIN table FOR SYSTEM_TIME AS OF PROCTIME()` spells out what a
+/// stream-table join is anyway (a lookup of the table's current row), as
+/// Flink and RisingWave write it: the clause is accepted and dropped.
+fn strip_proctime(tokens: &mut Vec<TokenWithSpan>) {
+    const CLAUSE: [&str; 7] = ["for", "system_time", "as", "of", "proctime", "(", ")"];
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+        .collect();
+    let text = |i: usize| match &tokens[i].token {
+        Token::Word(w) => w.value.to_lowercase(),
+        other => other.to_string(),
+    };
+    let mut doomed = Vec::new();
+    let mut k = 0;
+    while k + CLAUSE.len() <= significant.len() {
+        let window = &significant[k..k + CLAUSE.len()];
+        if window.iter().zip(CLAUSE).all(|(&i, word)| text(i) == word) {
+            doomed.extend_from_slice(window);
+            k += CLAUSE.len();
+        } else {
+            k += 1;
+        }
+    }
+    for i in doomed.into_iter().rev() {
+        tokens.remove(i);
+    }
 }
 
 /// Folds an identifier the way Postgres does: lower case unless quoted.
