@@ -508,17 +508,7 @@ impl Operator for Recompute {
                 let batch =
                     Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &input_rows)?;
                 let new = self.execute(ctx.session, vec![batch]).await?;
-                let (change, new_rows) = self.diff(&old, &new)?;
-                let new_keys = match &self.output_key {
-                    Some(codec) => codec
-                        .convert_columns(&new.columns()[..self.output_key_width()])?
-                        .iter()
-                        .map(|r| r.as_ref().to_vec())
-                        .collect(),
-                    None => vec![Vec::new(); new.num_rows()],
-                };
-                self.apply(ctx, state, OUTPUT_SIDE, &new_keys, new_rows, |_| 1)?;
-                Ok(change)
+                self.replace_groups(ctx, state, &old, &new)
             }
             _ => {
                 let mut changes_out = Vec::new();
