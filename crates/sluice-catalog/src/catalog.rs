@@ -673,6 +673,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dropping_a_view_removes_its_rows_and_operator_state() {
+        let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        let catalog = Catalog::open(store.clone()).expect("catalog");
+        catalog
+            .create(&create("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT)"))
+            .await
+            .expect("create");
+        let t = catalog.require("t", ObjectKind::Table).expect("t");
+        let view = catalog
+            .new_view("v", "SELECT * FROM t", &t.schema(), vec!["t".into()])
+            .expect("view");
+        let mut txn = StateTxn::new(store.clone());
+        let rows = ChangeBatch::inserts(batch(&t, vec![1, 1], vec!["a", "a"]));
+        view.apply_view_changes(&mut txn, &rows).expect("rows");
+        let mut state = crate::state_prefix(view.entry().id);
+        state.extend_from_slice(b"operator");
+        txn.put(state, b"1".to_vec());
+        catalog.register_view(&view, &mut txn).expect("register");
+        catalog.commit(txn).await.expect("commit");
+        catalog.publish(view.clone()).expect("publish");
+        // A multiset: the same row twice.
+        assert_eq!(view.read_view_rows(&store).expect("read").num_rows(), 2);
+
+        let Statement::Drop(d) = sluice_sql::parse("DROP TABLE t").expect("p").remove(0) else {
+            panic!()
+        };
+        assert_eq!(
+            catalog.drop_relations(&d).await.unwrap_err().sqlstate(),
+            "2BP01"
+        );
+        let Statement::Drop(d) = sluice_sql::parse("DROP TABLE t CASCADE")
+            .expect("p")
+            .remove(0)
+        else {
+            panic!()
+        };
+        let dropped = catalog.drop_relations(&d).await.expect("drop");
+        assert_eq!(dropped.len(), 2);
+        assert_eq!(dropped[0].name(), "v", "dependents go first");
+        for prefix in [STATE_PREFIX, VIEW_ROWS_PREFIX, ENTRY_PREFIX] {
+            assert!(store.scan_prefix(&[prefix]).expect("scan").is_empty());
+        }
+        // Reopened, the catalog knows neither.
+        let reopened = Catalog::open(store).expect("reopen");
+        assert!(reopened.names().expect("names").is_empty());
+    }
+
+    #[tokio::test]
     async fn streams_append_and_drop_forgets_rows() {
         let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
         let catalog = Catalog::open(store.clone()).expect("catalog");
