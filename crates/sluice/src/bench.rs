@@ -166,21 +166,29 @@ pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::
     let expected = ctx.sql(VIEW).await?.collect().await?;
     let batch_wall_s = start.elapsed().as_secs_f64();
 
-    // The view must hold what the batch computed.
-    let got: usize = engine
-        .run(sluice_sql::parse("SELECT * FROM revenue")?.remove(0))
-        .await
-        .map(|o| match o {
-            sluice_server::Output::Rows { batches, .. } => {
-                batches.iter().map(|b| b.num_rows()).sum()
-            }
-            _ => 0,
-        })?;
-    let want: usize = expected.iter().map(|b| b.num_rows()).sum();
+    // The view must hold exactly what the batch computed.
+    let view = match engine
+        .run(sluice_sql::parse("SELECT * FROM revenue ORDER BY region")?.remove(0))
+        .await?
+    {
+        sluice_server::Output::Rows { batches, .. } => batches,
+        _ => anyhow::bail!("SELECT from the view returned no rows"),
+    };
+    let sorted = ctx
+        .sql(&format!("SELECT * FROM ({VIEW}) ORDER BY region"))
+        .await?
+        .collect()
+        .await?;
+    let text = |b: &[RecordBatch]| -> anyhow::Result<String> {
+        Ok(datafusion::arrow::util::pretty::pretty_format_batches(b)?.to_string())
+    };
     anyhow::ensure!(
-        got == want,
-        "the view has {got} groups, the batch query {want}"
+        text(&view)? == text(&sorted)?,
+        "the view differs from the batch query:\n{}\n{}",
+        text(&view)?,
+        text(&sorted)?
     );
+    drop(expected);
 
     let streaming_events_per_s = events as f64 / streaming_wall_s;
     let batch_events_per_s = events as f64 / batch_wall_s;

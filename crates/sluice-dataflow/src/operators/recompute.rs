@@ -328,6 +328,40 @@ impl Recompute {
             .collect()
     }
 
+    /// The rows of `side` under any of `keys`: one range read per key for a
+    /// few keys, one read of the whole side for many.
+    fn load_many(
+        &self,
+        ctx: &OpContext<'_>,
+        state: &[u8],
+        side: u8,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<(Vec<u8>, i64)>> {
+        const KEY_BY_KEY: usize = 32;
+        if keys.len() <= KEY_BY_KEY {
+            let mut rows = Vec::new();
+            for key in keys {
+                rows.extend(self.load(ctx, state, side, key)?);
+            }
+            return Ok(rows);
+        }
+        let wanted: std::collections::HashSet<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut prefix = state.to_vec();
+        prefix.push(side);
+        let mut rows = Vec::new();
+        for (k, v) in ctx.txn.scan_prefix(&prefix)? {
+            let rest = &k[prefix.len()..];
+            let Some((len, rest)) = rest.split_first_chunk::<4>() else {
+                return Err(SluiceError::Storage("corrupt operator state key".into()));
+            };
+            let len = u32::from_be_bytes(*len) as usize;
+            if rest.len() >= len && wanted.contains(&rest[..len]) {
+                rows.push((rest[len..].to_vec(), count_of(&v)?));
+            }
+        }
+        Ok(rows)
+    }
+
     fn decode(
         converter: &RowConverter,
         schema: &SchemaRef,
@@ -436,10 +470,7 @@ impl Recompute {
     ) -> Result<ChangeBatch> {
         let table = 1 - stream;
         let keys = self.keys_of(stream, &changes.batch)?;
-        let mut table_rows = Vec::new();
-        for key in Self::distinct(&keys) {
-            table_rows.extend(self.load(ctx, state, table as u8, &key)?);
-        }
+        let table_rows = self.load_many(ctx, state, table as u8, &Self::distinct(&keys))?;
         let table_batch = Self::decode(
             &self.inputs[table].rows,
             &self.inputs[table].schema,
