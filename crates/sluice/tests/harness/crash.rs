@@ -50,7 +50,12 @@ pub async fn kill_9_loses_nothing() -> anyhow::Result<()> {
         .batch_execute(
             "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT);
              CREATE STREAM clicks (user_id BIGINT, ts TIMESTAMP,
-                                   WATERMARK FOR ts AS ts - INTERVAL '5 seconds');",
+                                   WATERMARK FOR ts AS ts - INTERVAL '5 seconds');
+             CREATE MATERIALIZED VIEW names AS
+               SELECT name, count(*) AS n, max(id) AS top FROM users GROUP BY name;
+             CREATE MATERIALIZED VIEW clicks_per_user AS
+               SELECT u.name, count(*) AS clicks FROM clicks c JOIN users u ON c.user_id = u.id
+               GROUP BY u.name;",
         )
         .await?;
     // One statement per row (each acknowledged on its own), then a bulk one.
@@ -67,7 +72,7 @@ pub async fn kill_9_loses_nothing() -> anyhow::Result<()> {
             "INSERT INTO users SELECT value + 100, 'bulk' FROM generate_series(1, 1000);
              UPDATE users SET name = 'renamed' WHERE id = 7;
              DELETE FROM users WHERE id = 8;
-             INSERT INTO clicks VALUES (1, '2024-05-01 10:00:00');",
+             INSERT INTO clicks VALUES (1, '2024-05-01 10:00:00'), (7, '2024-05-01 10:00:01');",
         )
         .await?;
     child.kill().await.context("kill -9")?;
@@ -91,6 +96,52 @@ pub async fn kill_9_loses_nothing() -> anyhow::Result<()> {
         .await?
         .get(0);
     ensure!(name == "renamed", "update lost: {name}");
+    // The views hold what they held, and equal their queries.
+    let view = client
+        .query("SELECT name, n, top FROM names ORDER BY name", &[])
+        .await?;
+    let batch = client
+        .query(
+            "SELECT name, count(*) AS n, max(id) AS top FROM users GROUP BY name ORDER BY name",
+            &[],
+        )
+        .await?;
+    ensure!(
+        view.len() == batch.len() && view.len() == 50,
+        "names view: {} rows",
+        view.len()
+    );
+    for (v, b) in view.iter().zip(&batch) {
+        let (vn, vc, vt): (String, i64, i64) = (v.get(0), v.get(1), v.get(2));
+        let (bn, bc, bt): (String, i64, i64) = (b.get(0), b.get(1), b.get(2));
+        ensure!(
+            (vn.clone(), vc, vt) == (bn, bc, bt),
+            "view row {vn} differs after the crash"
+        );
+    }
+    let clicks = client
+        .query(
+            "SELECT name, clicks FROM clicks_per_user ORDER BY name",
+            &[],
+        )
+        .await?;
+    let got: Vec<(String, i64)> = clicks.iter().map(|r| (r.get(0), r.get(1))).collect();
+    ensure!(
+        got == vec![("renamed".to_owned(), 1), ("user 1".to_owned(), 1)],
+        "clicks_per_user after the crash: {got:?}"
+    );
+    // And they keep following their inputs.
+    client
+        .batch_execute("INSERT INTO clicks VALUES (1, '2024-05-01 10:00:02')")
+        .await?;
+    let n: i64 = client
+        .query_one(
+            "SELECT clicks FROM clicks_per_user WHERE name = 'user 1'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(n == 2, "the view stopped following its stream: {n}");
     let streams = client.simple_query("SHOW STREAMS").await?;
     ensure!(
         streams.iter().any(|m| matches!(m,
