@@ -26,6 +26,8 @@ pub struct Config {
     pub auth_method: AuthMethod,
     /// Log filter in `tracing`'s `EnvFilter` syntax. Default: `info`.
     pub log: String,
+    /// Memory for hot state (RocksDB's block cache), in MiB. Default: `256`.
+    pub state_cache_mb: usize,
 }
 
 /// How a configured password is checked.
@@ -62,6 +64,7 @@ impl Default for Config {
             password: None,
             auth_method: AuthMethod::Md5,
             log: "info".to_owned(),
+            state_cache_mb: 256,
         }
     }
 }

@@ -50,8 +50,10 @@ impl Server {
                 config.data_dir.display()
             ))
         })?;
-        let store: Arc<dyn StateBackend> =
-            Arc::new(RocksBackend::open(&config.data_dir.join("state"))?);
+        let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open_with_cache(
+            &config.data_dir.join("state"),
+            config.state_cache_mb.max(1) << 20,
+        )?);
         let engine = Arc::new(Engine::open(store).await?);
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))

@@ -1,9 +1,15 @@
 //! RocksDB backend: one database under the data directory, default column
-//! family, LZ4-compressed, every write batch synced to the WAL.
+//! family, LZ4-compressed, every write batch synced to the WAL. Hot state
+//! stays in memory in RocksDB's LRU block cache, whose size is configured.
 
 use std::path::Path;
 
-use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB,
+};
+
+/// The in-memory cache of hot state when none is configured: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
 use crate::{prefix_successor, KeyValue, Result, StateBackend, StateError, WriteBatch, WriteOp};
 
@@ -25,13 +31,23 @@ fn backend(e: rocksdb::Error) -> StateError {
 }
 
 impl RocksBackend {
-    /// Opens (or creates) the database in `path`.
+    /// Opens (or creates) the database in `path` with the default cache
+    /// size.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database in `path`, keeping up to
+    /// `cache_bytes` of hot state blocks in memory.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(cache_bytes));
+        opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(backend)?;
-        tracing::info!(path = %path.display(), "state store opened");
+        tracing::info!(path = %path.display(), cache_bytes, "state store opened");
         Ok(RocksBackend { db })
     }
 

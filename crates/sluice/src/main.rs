@@ -85,6 +85,10 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `sluice_server=debug` [default: info].
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     log: Option<String>,
+
+    /// Memory for hot state (RocksDB's block cache), in MiB [default: 256].
+    #[arg(long, env = "SLUICE_STATE_CACHE_MB", value_name = "MIB")]
+    state_cache_mb: Option<usize>,
 }
 
 impl ServeArgs {
@@ -115,6 +119,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.log {
             config.log = v;
+        }
+        if let Some(v) = self.state_cache_mb {
+            config.state_cache_mb = v;
         }
         Ok(config)
     }
