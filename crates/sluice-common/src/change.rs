@@ -4,11 +4,27 @@
 //! deletes it (an update is a delete followed by an insert). Append-only
 //! inputs carry no signs (`signs: None`, every row an insert).
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int8Array, RecordBatch, RecordBatchOptions,
+};
 use datafusion::arrow::compute::{concat_batches, filter, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::Result;
+
+/// A batch of `rows` rows; unlike `RecordBatch::try_new`, also when there
+/// are no columns at all (`count(*)` reads rows, not columns).
+pub fn batch_with_rows(
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+    rows: usize,
+) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
 
 /// Rows with a sign each.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +80,7 @@ impl ChangeBatch {
     /// The rows of the schema's columns, same signs.
     pub fn with_columns(&self, schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Self> {
         Ok(ChangeBatch {
-            batch: RecordBatch::try_new(schema, columns)?,
+            batch: batch_with_rows(schema, columns, self.num_rows())?,
             signs: self.signs.clone(),
         })
     }

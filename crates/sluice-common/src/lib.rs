@@ -6,6 +6,6 @@ pub mod change;
 pub mod config;
 pub mod error;
 
-pub use change::ChangeBatch;
+pub use change::{batch_with_rows, ChangeBatch};
 pub use config::{AuthMethod, Config};
 pub use error::{ObjectKind, Result, SluiceError};

@@ -32,7 +32,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use sluice_common::{ChangeBatch, Result, SluiceError};
+use sluice_common::{batch_with_rows, ChangeBatch, Result, SluiceError};
 
 use crate::{OpContext, Operator};
 
@@ -119,11 +119,15 @@ fn scratch_table(schema: &SchemaRef, batch: RecordBatch) -> Result<MemTable> {
         .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
         .collect();
     let scratch = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(scratch.clone(), batch.columns().to_vec())?;
+    let rows = batch.num_rows();
+    let batch = batch_with_rows(scratch.clone(), batch.columns().to_vec(), rows)?;
     Ok(MemTable::try_new(scratch, vec![vec![batch]])?)
 }
 
 fn rows_of(converter: &RowConverter, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    if batch.num_columns() == 0 {
+        return Ok(vec![Vec::new(); batch.num_rows()]);
+    }
     let rows = converter.convert_columns(batch.columns())?;
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
 }
@@ -369,6 +373,11 @@ impl Recompute {
     ) -> Result<RecordBatch> {
         if rows.is_empty() {
             return Ok(RecordBatch::new_empty(schema.clone()));
+        }
+        if schema.fields().is_empty() {
+            // Rows without columns: only how many there are matters.
+            let count = rows.iter().map(|(_, n)| n.unsigned_abs() as usize).sum();
+            return batch_with_rows(schema.clone(), Vec::new(), count);
         }
         let parser = converter.parser();
         let distinct = converter.convert_rows(rows.iter().map(|(r, _)| parser.parse(r)))?;
