@@ -196,8 +196,7 @@ impl ToSqlText for Jsonb<'_> {
         out: &mut BytesMut,
         _options: &FormatOptions,
     ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
+        put_text(self.0, out)
     }
 }
 
@@ -229,9 +228,14 @@ impl ToSqlText for Text {
         out: &mut BytesMut,
         _options: &FormatOptions,
     ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
+        put_text(&self.0, out)
     }
+}
+
+/// Text format of a value already in Postgres' text form.
+fn put_text(text: &str, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    out.put_slice(text.as_bytes());
+    Ok(IsNull::No)
 }
 
 /// Postgres switches to exponent notation for float8 from 1e15 (DBL_DIG),

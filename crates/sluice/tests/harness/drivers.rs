@@ -6,7 +6,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
 use sluice_common::{AuthMethod, Config};
 
-use super::server::{connect, TestServer};
+use super::server::{connect, connect_as, TestServer};
 
 /// Parameters of every type bind, in binary, in INSERT, WHERE and UPDATE.
 pub async fn binary_parameters_round_trip() -> anyhow::Result<()> {
@@ -116,19 +116,7 @@ async fn login(
     user: &str,
     password: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let addr = server.addr();
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user={user} password={password} dbname=sluice",
-            addr.ip(),
-            addr.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = connect_as(server.addr(), user, password).await?;
     client.simple_query("SELECT 1").await.map(|_| ())
 }
 

@@ -85,15 +85,24 @@ impl Drop for TestServer {
 
 /// Connects tokio-postgres to `addr`, driving the connection in the background.
 pub async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=sluice dbname=sluice",
-            addr.ip(),
-            addr.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
+    connect_as(addr, "sluice", "").await
+}
+
+/// Connects as `user` with `password` (empty: none).
+pub async fn connect_as(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut params = format!(
+        "host={} port={} user={user} dbname=sluice",
+        addr.ip(),
+        addr.port()
+    );
+    if !password.is_empty() {
+        params.push_str(&format!(" password={password}"));
+    }
+    let (client, connection) = tokio_postgres::connect(&params, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
