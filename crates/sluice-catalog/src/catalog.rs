@@ -8,24 +8,27 @@
 //! 0x01 <relation id>               -> RelationEntry as JSON
 //! 0x02 <table id> <arrow-row key>  -> the row, arrow-row encoded (latest per key)
 //! 0x03 <stream id> <sequence>      -> one INSERT's rows, Arrow IPC stream format
+//! 0x04 <sequence>                  -> a change not yet checkpointed by the dataflow
+//! 0x05 <view id>                   -> why a view stopped (changelog.rs)
 //! 0x10 <view id> ...                -> the view's operator state (sluice-dataflow)
 //! 0x11 <view id> <arrow-row row>    -> a view's rows, with their multiplicity (i64)
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use datafusion::arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
-use sluice_common::{ChangeBatch, ObjectKind, Result, SluiceError};
+use sluice_common::{ObjectKind, Result, SluiceError};
 use sluice_sql::{CreateRelation, Drop, RelationKind, SqlType};
 use sluice_state::{StateBackend, StateTxn, WriteBatch};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::changes::{ChangeListener, RowSource};
+use crate::changelog::{failure_key, ChangeListener, CHANGELOG_PREFIX, FAILURE_PREFIX};
+use crate::changes::RowSource;
 use crate::entry::RelationEntry;
 use crate::rows::RowCodec;
 
@@ -51,6 +54,8 @@ pub struct Relation {
     pub(crate) codec: RowCodec,
     /// Next sequence number in a stream's log.
     pub(crate) next_seq: AtomicU64,
+    /// Why a view stopped maintaining itself, if it did.
+    pub(crate) failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Relation {
@@ -62,6 +67,7 @@ impl Relation {
             schema,
             codec,
             next_seq: AtomicU64::new(next_seq),
+            failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -291,6 +297,8 @@ pub struct Catalog {
     /// Commits take it exclusively, queries shared: every relation a query
     /// scans is read at the same committed state.
     commits: tokio::sync::RwLock<()>,
+    /// Next sequence number in the changelog.
+    next_change_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -327,8 +335,19 @@ impl Catalog {
             };
             tracing::debug!(name = %entry.name, id = entry.id, "catalog entry loaded");
             let relation = Arc::new(Relation::try_new(entry, next_seq)?);
+            if let Some(reason) = store.get(&failure_key(relation.entry.id))? {
+                relation.set_failure(String::from_utf8_lossy(&reason).into_owned());
+            }
             inner.relations.insert(relation.name().to_owned(), relation);
         }
+        let next_change_seq = match store.last_with_prefix(&[CHANGELOG_PREFIX])? {
+            Some((k, _)) => k
+                .get(1..9)
+                .and_then(|s| s.try_into().ok())
+                .map(|s| u64::from_be_bytes(s) + 1)
+                .ok_or_else(|| SluiceError::Storage("corrupt changelog key".to_owned()))?,
+            None => 0,
+        };
         tracing::info!(relations = inner.relations.len(), "catalog loaded");
         Ok(Arc::new(Catalog {
             store,
@@ -336,6 +355,7 @@ impl Catalog {
             listener: RwLock::new(None),
             writer: Mutex::new(()),
             commits: tokio::sync::RwLock::new(()),
+            next_change_seq: AtomicU64::new(next_change_seq),
         }))
     }
 
@@ -369,8 +389,24 @@ impl Catalog {
         self.commits.read().await
     }
 
-    /// Appends a batch of events to a stream, through every view that reads
-    /// it, in one transaction (what a source connector does).
+    pub(crate) async fn lock_commits(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.commits.write().await
+    }
+
+    pub(crate) fn next_change_seq(&self) -> u64 {
+        self.next_change_seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(crate) fn listener(&self) -> Result<Option<Arc<dyn ChangeListener>>> {
+        Ok(self
+            .listener
+            .read()
+            .map_err(|_| SluiceError::internal("catalog lock poisoned"))?
+            .clone())
+    }
+
+    /// Appends a batch of events to a stream in one durable write, and hands
+    /// them to the views that read it (what a source connector does).
     pub async fn append_to_stream(
         &self,
         stream: &Arc<Relation>,
@@ -384,8 +420,7 @@ impl Catalog {
         let _writer = self.lock_writes().await;
         let mut txn = StateTxn::new(self.store.clone());
         let changes = stream.append(&mut txn, batch)?;
-        self.propagate(stream, changes, &mut txn).await?;
-        self.commit(txn).await
+        self.commit_changes(txn, stream, vec![changes]).await
     }
 
     /// Takes the writer lock: hold it across a read-modify-write.
@@ -410,28 +445,6 @@ impl Catalog {
             .values()
             .find(|r| r.entry.id == id)
             .cloned())
-    }
-
-    /// Hands `changes`, just written to `source` in `txn`, to the dataflow.
-    /// Call with the writer lock held, before committing `txn`.
-    pub async fn propagate(
-        &self,
-        source: &Arc<Relation>,
-        changes: ChangeBatch,
-        txn: &mut StateTxn,
-    ) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let listener = self
-            .listener
-            .read()
-            .map_err(|_| SluiceError::internal("catalog lock poisoned"))?
-            .clone();
-        match listener {
-            Some(listener) => listener.on_changes(source, changes, txn).await,
-            None => Ok(()),
-        }
     }
 
     /// The next relation id; `register_view` consumes it.
@@ -552,6 +565,11 @@ impl Catalog {
     /// dropped, dependents first.
     pub async fn drop_relations(&self, drop: &Drop) -> Result<Vec<Arc<Relation>>> {
         let _writer = self.lock_writes().await;
+        self.drop_relations_locked(drop)
+    }
+
+    /// [`Self::drop_relations`], for a caller that holds the writer lock.
+    pub fn drop_relations_locked(&self, drop: &Drop) -> Result<Vec<Arc<Relation>>> {
         let mut doomed: Vec<Arc<Relation>> = Vec::new();
         {
             let inner = self.read()?;
@@ -586,7 +604,13 @@ impl Catalog {
         for r in &doomed {
             let id = r.entry.id;
             wb.delete(key(ENTRY_PREFIX, id));
-            for prefix in [ROWS_PREFIX, LOG_PREFIX, STATE_PREFIX, VIEW_ROWS_PREFIX] {
+            for prefix in [
+                ROWS_PREFIX,
+                LOG_PREFIX,
+                STATE_PREFIX,
+                VIEW_ROWS_PREFIX,
+                FAILURE_PREFIX,
+            ] {
                 wb.delete_prefix(key(prefix, id));
             }
         }
@@ -613,6 +637,7 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Int64Array, StringArray};
+    use sluice_common::ChangeBatch;
     use sluice_sql::Statement;
     use sluice_state::{MemoryBackend, RocksBackend};
 

@@ -1,15 +1,10 @@
 //! Writes to relations inside a [`StateTxn`], each returning the change it
-//! made (what the views downstream consume), and the hook through which
-//! those changes reach the dataflow.
-//!
-//! Every write runs under the catalog's writer lock, in one transaction:
-//! the relation's rows, the views' operator state and the views' rows all
-//! commit together, atomically and durably.
+//! made (what the views downstream consume; see `changelog.rs` for how it
+//! gets there), and the rows of views.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -18,19 +13,6 @@ use sluice_sql::RelationKind;
 use sluice_state::StateTxn;
 
 use crate::catalog::{key, Relation, LOG_PREFIX, ROWS_PREFIX, STATE_PREFIX, VIEW_ROWS_PREFIX};
-
-/// Receives every change written to a relation, inside the writer's
-/// transaction, before it commits.
-#[async_trait]
-pub trait ChangeListener: Send + Sync {
-    /// `changes` were just written to `source` in `txn`.
-    async fn on_changes(
-        &self,
-        source: &Arc<Relation>,
-        changes: ChangeBatch,
-        txn: &mut StateTxn,
-    ) -> Result<()>;
-}
 
 /// The key prefix under which the dataflow keeps the operator state of the
 /// view with this id.

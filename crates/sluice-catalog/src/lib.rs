@@ -6,6 +6,7 @@
 //! that the dataflow will consume.
 
 mod catalog;
+mod changelog;
 mod changes;
 mod entry;
 mod options;
@@ -13,7 +14,8 @@ mod provider;
 mod rows;
 
 pub use catalog::{Catalog, Created, Relation};
-pub use changes::{state_prefix, ChangeListener, RowSource};
+pub use changelog::{changelog_key, failure_key, ChangeListener, LoggedChange};
+pub use changes::{state_prefix, RowSource};
 pub use entry::{Column, RelationEntry, Watermark};
 pub use provider::{RelationTable, SluiceSchema};
 pub use rows::RowCodec;

@@ -22,7 +22,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
-use sluice_common::{ChangeBatch, SluiceError};
+use sluice_common::SluiceError;
 use sluice_sql::RelationKind;
 use sluice_state::StateTxn;
 
@@ -157,6 +157,7 @@ impl TableProvider for RelationTable {
                 ),
             }));
         }
+        self.relation.check_not_failed().map_err(df)?;
         let rows = self
             .relation
             .read_contents(self.catalog.store())
@@ -207,10 +208,9 @@ impl TableProvider for RelationTable {
         let mut txn = StateTxn::new(self.catalog.store().clone());
         let changes = self.relation.delete_rows(&mut txn, &doomed).map_err(df)?;
         self.catalog
-            .propagate(&self.relation, changes, &mut txn)
+            .commit_changes(txn, &self.relation, vec![changes])
             .await
             .map_err(df)?;
-        self.catalog.commit(txn).await.map_err(df)?;
         count_exec(doomed.num_rows() as u64)
     }
 
@@ -247,13 +247,10 @@ impl TableProvider for RelationTable {
         // A key may change: remove the old rows first, then write the new ones.
         let removed = self.relation.delete_rows(&mut txn, &old).map_err(df)?;
         let written = self.relation.upsert(&mut txn, &new).map_err(df)?;
-        let changes =
-            ChangeBatch::concat(self.relation.schema(), &[removed, written]).map_err(df)?;
         self.catalog
-            .propagate(&self.relation, changes, &mut txn)
+            .commit_changes(txn, &self.relation, vec![removed, written])
             .await
             .map_err(df)?;
-        self.catalog.commit(txn).await.map_err(df)?;
         count_exec(new.num_rows() as u64)
     }
 }
@@ -304,18 +301,20 @@ impl DataSink for RelationSink {
         }
         let _writer = self.catalog.lock_writes().await;
         let mut txn = StateTxn::new(self.catalog.store().clone());
+        let mut changes = Vec::with_capacity(checked.len());
         for batch in &checked {
-            let changes = match self.relation.kind() {
-                RelationKind::Table => self.relation.upsert(&mut txn, batch),
-                _ => self.relation.append(&mut txn, batch),
-            }
-            .map_err(df)?;
-            self.catalog
-                .propagate(&self.relation, changes, &mut txn)
-                .await
-                .map_err(df)?;
+            changes.push(
+                match self.relation.kind() {
+                    RelationKind::Table => self.relation.upsert(&mut txn, batch),
+                    _ => self.relation.append(&mut txn, batch),
+                }
+                .map_err(df)?,
+            );
         }
-        self.catalog.commit(txn).await.map_err(df)?;
+        self.catalog
+            .commit_changes(txn, &self.relation, changes)
+            .await
+            .map_err(df)?;
         Ok(count)
     }
 }

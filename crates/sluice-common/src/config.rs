@@ -28,6 +28,12 @@ pub struct Config {
     pub log: String,
     /// Memory for hot state (RocksDB's block cache), in MiB. Default: `256`.
     pub state_cache_mb: usize,
+    /// State values each operator keeps in memory above RocksDB, in MiB.
+    /// Default: `64`.
+    pub operator_cache_mb: usize,
+    /// How often the dataflow checkpoints (commits operator state and view
+    /// rows), in milliseconds. `FLUSH` checkpoints at once. Default: `1000`.
+    pub checkpoint_interval_ms: u64,
 }
 
 /// How a configured password is checked.
@@ -65,6 +71,8 @@ impl Default for Config {
             auth_method: AuthMethod::Md5,
             log: "info".to_owned(),
             state_cache_mb: 256,
+            operator_cache_mb: 64,
+            checkpoint_interval_ms: 1000,
         }
     }
 }

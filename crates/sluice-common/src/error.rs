@@ -149,6 +149,16 @@ pub enum SluiceError {
         user: String,
     },
 
+    /// A materialized view stopped maintaining itself at an error (a row its
+    /// query cannot compute, such as a division by zero).
+    #[error("materialized view \"{name}\" stopped at an error: {reason}")]
+    ViewFailed {
+        /// The view.
+        name: String,
+        /// The error, with its SQLSTATE.
+        reason: String,
+    },
+
     // ---- external systems ---------------------------------------------------
     /// The storage layer (RocksDB, the file system) failed.
     #[error("storage error: {0}")]
@@ -193,6 +203,7 @@ impl SluiceError {
             SluiceError::OutOfRange { .. } => "22003",
             SluiceError::Authentication { .. } => "28P01",
             SluiceError::DependentObjects { .. } => "2BP01",
+            SluiceError::ViewFailed { .. } => "55000",
             SluiceError::Storage(_) => "58030",
             SluiceError::Internal(_) => "XX000",
             SluiceError::DataFusion(e) => datafusion_sqlstate(e),
@@ -207,6 +218,9 @@ impl SluiceError {
             | SluiceError::NotSupported { hint, .. }
             | SluiceError::WrongObjectType { hint, .. }
             | SluiceError::DependentObjects { hint, .. } => hint.as_deref(),
+            SluiceError::ViewFailed { .. } => {
+                Some("fix the input or the query, then DROP the view and CREATE it again")
+            }
             _ => None,
         }
     }

@@ -1,16 +1,21 @@
 //! Sluice's incremental operators and the graph that drives them.
 //!
 //! A view is a tree of [`Node`]s: sources (streams, tables, other views)
-//! at the leaves, [`Operator`]s above. A change written to a source is
-//! pushed up the tree as a [`ChangeBatch`] (rows with a sign each); every
-//! operator turns the change of its input into the change of its output,
-//! keeping what it must remember (aggregate groups, join sides, top-N) as
-//! keyed state in the writer's [`StateTxn`], so that the source's write, the
-//! operators' state and the view's rows commit together.
+//! at the leaves, [`Operator`]s above. A change of a source travels up the
+//! tree as a [`ChangeBatch`] (rows with a sign each); every operator turns
+//! the change of its input into the change of its output, keeping what it
+//! must remember (aggregate groups, join sides, top-N) as keyed state in a
+//! [`StateTxn`].
+//!
+//! A view is back-filled by pushing its inputs' contents through the tree
+//! in one transaction ([`Node::push`]); from then on each operator runs as
+//! a task of the [`runtime`], connected to the others by channels that
+//! carry changes and checkpoint barriers.
 //!
 //! Operators live in `operators/`, one file each.
 
 pub mod operators;
+pub mod runtime;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;

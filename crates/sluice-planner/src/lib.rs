@@ -1,44 +1,68 @@
 //! Sluice's planner: a view's SQL -> DataFusion `LogicalPlan` -> a tree of
-//! incremental operators (`plan.rs`), and the set of live views that every
-//! write flows through ([`Dataflow`]).
+//! incremental operators (`plan.rs`), and the running views ([`Dataflow`]).
 //!
-//! Views are maintained synchronously inside the writer's transaction: an
-//! INSERT, UPDATE or DELETE commits together with the state of every
-//! operator and the rows of every view it changed, so a view is up to date
-//! (and durable) when the write returns, and every SELECT sees all views at
-//! the same point. After a restart, views are planned again from their SQL
-//! (operator ids are the same, so their state is found again).
+//! A write commits the relation's rows together with a changelog entry,
+//! hands the change to the dataflow's router and returns; each view's
+//! operators run as tasks (`sluice_dataflow::runtime`) and catch up
+//! asynchronously. Checkpoints (every `checkpoint_interval`, and at each
+//! `FLUSH`) commit every operator's state and every view's rows as of one
+//! cut of the inputs, together with the removal of the changelog entries
+//! they cover: a SELECT sees all views at the same checkpoint, and after a
+//! crash the changes since the last checkpoint are replayed (`tasks.rs`).
+//! After a restart, views are planned again from their SQL (operator ids
+//! are the same, so their state is found again).
 
 mod plan;
+mod tasks;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
-use sluice_catalog::{Catalog, ChangeListener, Created, Relation};
+use sluice_catalog::{Catalog, ChangeListener, Created, LoggedChange, Relation};
 use sluice_common::{ChangeBatch, Result, SluiceError};
+use sluice_dataflow::runtime::{self, Report, Spawned, TaskEnv};
 use sluice_dataflow::{Node, OpContext};
-use sluice_sql::{CreateView, RelationKind};
+use sluice_sql::{CreateView, Drop, RelationKind};
 use sluice_state::StateTxn;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::plan::Builder;
+use crate::tasks::{poisoned, Command, Coordinator, LiveView, Registry, Router, SharedRegistry};
 
-/// One maintained view.
-struct ViewGraph {
-    relation: Arc<Relation>,
-    root: Node,
-    sources: Vec<u64>,
+/// How the dataflow runs.
+#[derive(Debug, Clone)]
+pub struct DataflowOptions {
+    /// How often to checkpoint when changes are flowing.
+    pub checkpoint_interval: Duration,
+    /// State each operator keeps in memory above the store, in bytes.
+    pub operator_cache_bytes: usize,
 }
 
-/// Every live view, and the listener that pushes each write through them.
+impl Default for DataflowOptions {
+    fn default() -> Self {
+        DataflowOptions {
+            checkpoint_interval: Duration::from_secs(1),
+            operator_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The running views, and the listener that feeds them every write.
 pub struct Dataflow {
     catalog: Arc<Catalog>,
     ctx: SessionContext,
-    views: RwLock<BTreeMap<u64, Arc<ViewGraph>>>,
+    options: DataflowOptions,
+    registry: SharedRegistry,
+    router: mpsc::Sender<Command>,
+    reports: mpsc::UnboundedSender<Report>,
+    committed: watch::Receiver<u64>,
+    services: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Dataflow {
@@ -47,17 +71,44 @@ impl std::fmt::Debug for Dataflow {
     }
 }
 
-fn poisoned() -> SluiceError {
-    SluiceError::internal("dataflow lock poisoned")
+/// While held, the router is paused with nothing in flight; dropping it
+/// resumes.
+struct Paused {
+    _resume: oneshot::Sender<()>,
 }
 
 impl Dataflow {
-    /// The dataflow of `catalog`; queries are planned in `ctx`.
-    pub fn new(catalog: Arc<Catalog>, ctx: SessionContext) -> Arc<Self> {
+    /// The dataflow of `catalog`; queries are planned in `ctx`. Starts the
+    /// router and the coordinator; call [`Self::load`] next.
+    pub fn new(catalog: Arc<Catalog>, ctx: SessionContext, options: DataflowOptions) -> Arc<Self> {
+        let registry: SharedRegistry = Arc::new(RwLock::new(Registry::default()));
+        let (router_tx, router_rx) = mpsc::channel(runtime::INBOX_CAPACITY);
+        let (begins_tx, begins_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (committed_tx, committed_rx) = watch::channel(0u64);
+        let router = Router {
+            registry: registry.clone(),
+            begins: begins_tx,
+            committed: committed_rx.clone(),
+            interval: options.checkpoint_interval,
+        };
+        let coordinator = Coordinator {
+            catalog: catalog.clone(),
+            committed: committed_tx,
+        };
+        let services = vec![
+            tokio::spawn(router.run(router_rx)),
+            tokio::spawn(coordinator.run(begins_rx, reports_rx)),
+        ];
         Arc::new(Dataflow {
             catalog,
             ctx,
-            views: RwLock::new(BTreeMap::new()),
+            options,
+            registry,
+            router: router_tx,
+            reports: reports_tx,
+            committed: committed_rx,
+            services: std::sync::Mutex::new(services),
         })
     }
 
@@ -83,11 +134,15 @@ impl Dataflow {
         Ok((root, builder.depends_on))
     }
 
-    /// Re-plans every stored view (after a restart), in creation order.
+    /// Re-plans every stored view (after a restart), in creation order,
+    /// starts them, and replays the changes no checkpoint covered.
     pub async fn load(&self) -> Result<()> {
         let mut views = self.catalog.list(RelationKind::View)?;
         views.sort_by_key(|v| v.entry().id);
         for relation in views {
+            if relation.failure().is_some() {
+                continue;
+            }
             let Some(sql) = relation.entry().query.clone() else {
                 return Err(SluiceError::internal("a view without its query"));
             };
@@ -100,23 +155,93 @@ impl Dataflow {
             };
             let plan = self.logical_plan(&query).await?;
             let (root, _) = self.build(&plan, relation.entry().id)?;
-            self.install(relation, root)?;
+            self.start(relation, root)?;
         }
+        let pending = self.catalog.pending_changes()?;
+        if !pending.is_empty() {
+            tracing::info!(
+                changes = pending.len(),
+                "replaying changes since the last checkpoint"
+            );
+        }
+        for change in pending {
+            self.send(Command::Change(change)).await?;
+        }
+        self.flush().await
+    }
+
+    async fn send(&self, command: Command) -> Result<()> {
+        self.router
+            .send(command)
+            .await
+            .map_err(|_| SluiceError::internal("the dataflow stopped"))
+    }
+
+    /// Runs a view's operators as tasks, its output going to the view's rows.
+    fn start(&self, relation: Arc<Relation>, root: Node) -> Result<()> {
+        let id = relation.entry().id;
+        let env = TaskEnv {
+            store: self.catalog.store().clone(),
+            session: self.ctx.clone(),
+            reports: self.reports.clone(),
+            committed: self.committed.clone(),
+            view: id,
+            cache_bytes: self.options.operator_cache_bytes,
+        };
+        let (sink, sink_inbox) = runtime::inbox();
+        let mut spawned = Spawned::default();
+        runtime::spawn(root, sink, &env, &mut spawned);
+        spawned.tasks.push(tokio::spawn(tasks::run_sink(
+            relation.clone(),
+            sink_inbox,
+            self.registry.clone(),
+            env,
+        )));
+        let mut registry = self.registry.write().map_err(|_| poisoned())?;
+        for (source, outlet) in spawned.inlets {
+            registry
+                .inlets
+                .entry(source)
+                .or_default()
+                .push((id, outlet));
+        }
+        let nodes = spawned.tasks.len();
+        registry.views.insert(
+            id,
+            LiveView {
+                tasks: spawned.tasks,
+                nodes,
+            },
+        );
         Ok(())
     }
 
-    fn install(&self, relation: Arc<Relation>, root: Node) -> Result<()> {
-        let sources = root.sources();
-        let id = relation.entry().id;
-        self.views.write().map_err(|_| poisoned())?.insert(
-            id,
-            Arc::new(ViewGraph {
-                relation,
-                root,
-                sources,
-            }),
-        );
-        Ok(())
+    /// Checkpoints and holds the router until the result is dropped: no
+    /// change or barrier is in flight, and every earlier change is in the
+    /// views. Call with the writer lock held.
+    async fn pause(&self) -> Result<Paused> {
+        let (paused_tx, paused_rx) = oneshot::channel();
+        let (resume_tx, resume_rx) = oneshot::channel();
+        self.send(Command::Pause {
+            paused: paused_tx,
+            resume: resume_rx,
+        })
+        .await?;
+        paused_rx
+            .await
+            .map_err(|_| SluiceError::internal("the dataflow stopped"))?;
+        Ok(Paused { _resume: resume_tx })
+    }
+
+    /// `FLUSH`: returns once every change committed before it is in every
+    /// view (a checkpoint that covers it has committed).
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Checkpoint(tx)).await?;
+        let epoch = rx
+            .await
+            .map_err(|_| SluiceError::internal("the dataflow stopped"))?;
+        tasks::committed(self.committed.clone(), epoch).await
     }
 
     /// `CREATE MATERIALIZED VIEW`: plans the query, back-fills the view from
@@ -139,17 +264,21 @@ impl Dataflow {
         let relation =
             self.catalog
                 .new_view(&create.name, &create.query.to_string(), &schema, depends_on)?;
-        let mut txn = StateTxn::new(self.catalog.store().clone());
-        // Back-fill tables and views first, streams last: a stream's past
-        // events then join the tables' current rows (a lookup join keeps
-        // no stream rows to join later).
         let mut inputs = Vec::new();
         for source in root.sources() {
             let Some(input) = self.catalog.get_by_id(source)? else {
                 return Err(SluiceError::internal("a view's input vanished"));
             };
+            input.check_not_failed()?;
             inputs.push(input);
         }
+        // Every change before this point is in the inputs' views; none
+        // arrives until the view is running.
+        let _paused = self.pause().await?;
+        let mut txn = StateTxn::new(self.catalog.store().clone());
+        // Back-fill tables and views first, streams last: a stream's past
+        // events then join the tables' current rows (a lookup join keeps
+        // no stream rows to join later).
         inputs.sort_by_key(|r| r.kind() == RelationKind::Stream);
         for input in inputs {
             let source = input.entry().id;
@@ -176,7 +305,7 @@ impl Dataflow {
         self.catalog.register_view(&relation, &mut txn)?;
         self.catalog.commit(txn).await?;
         self.catalog.publish(relation.clone())?;
-        self.install(relation, root)?;
+        self.start(relation, root)?;
         Ok(Created::New)
     }
 
@@ -190,51 +319,66 @@ impl Dataflow {
         Ok(lines)
     }
 
-    /// Stops maintaining views that were dropped.
-    pub fn forget(&self, ids: &[u64]) -> Result<()> {
-        let mut views = self.views.write().map_err(|_| poisoned())?;
-        for id in ids {
-            views.remove(id);
+    /// `DROP STREAM|TABLE|MATERIALIZED VIEW`: stops the views that go and
+    /// drops the relations with their rows and state.
+    pub async fn drop_relations(&self, drop: &Drop) -> Result<Vec<Arc<Relation>>> {
+        let _writer = self.catalog.lock_writes().await;
+        let _paused = self.pause().await?;
+        let dropped = self.catalog.drop_relations_locked(drop)?;
+        let mut stopped = Vec::new();
+        {
+            let mut registry = self.registry.write().map_err(|_| poisoned())?;
+            for r in &dropped {
+                stopped.extend(registry.remove_view(r.entry().id));
+                registry.inlets.remove(&r.entry().id);
+            }
         }
-        Ok(())
+        for task in stopped {
+            task.abort();
+            let _ = task.await;
+        }
+        Ok(dropped)
+    }
+
+    /// Checkpoints what has arrived and stops every task, so that the
+    /// store can close.
+    pub async fn shutdown(&self) {
+        let _ = self.catalog.set_listener(None);
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let views: Vec<LiveView> = match self.registry.write() {
+            Ok(mut r) => {
+                r.inlets.clear();
+                std::mem::take(&mut r.views).into_values().collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let mut handles: Vec<JoinHandle<()>> = views.into_iter().flat_map(|v| v.tasks).collect();
+        if let Ok(mut services) = self.services.lock() {
+            handles.append(&mut services);
+        }
+        for handle in handles {
+            handle.abort();
+            let _ = handle.await;
+        }
     }
 }
 
 #[async_trait]
 impl ChangeListener for Dataflow {
-    async fn on_changes(
-        &self,
-        source: &Arc<Relation>,
-        changes: ChangeBatch,
-        txn: &mut StateTxn,
-    ) -> Result<()> {
-        // Views only read views created before them, so creation order is a
-        // topological order; a view's output change queues behind the
-        // changes of its other inputs.
-        let mut queue = VecDeque::from([(source.entry().id, changes)]);
-        while let Some((id, changes)) = queue.pop_front() {
-            let graphs: Vec<Arc<ViewGraph>> = self
-                .views
-                .read()
-                .map_err(|_| poisoned())?
-                .values()
-                .filter(|g| g.sources.contains(&id))
-                .cloned()
-                .collect();
-            for graph in graphs {
-                let mut ctx = OpContext {
-                    txn,
-                    session: &self.ctx,
-                };
-                let Some(out) = graph.root.push(id, &changes, &mut ctx).await? else {
-                    continue;
-                };
-                if out.is_empty() {
-                    continue;
-                }
-                graph.relation.apply_view_changes(txn, &out)?;
-                queue.push_back((graph.relation.entry().id, out));
-            }
+    fn follows(&self, id: u64) -> bool {
+        self.registry
+            .read()
+            .map(|r| r.inlets.contains_key(&id))
+            .unwrap_or(true)
+    }
+
+    async fn on_committed(&self, change: LoggedChange) -> Result<()> {
+        if self.send(Command::Change(change)).await.is_err() {
+            // Committed and in the changelog: replayed at the next start.
+            tracing::warn!("a change arrived while the dataflow was stopping");
         }
         Ok(())
     }

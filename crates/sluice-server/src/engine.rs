@@ -20,7 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sluice_catalog::{Catalog, SluiceSchema};
 use sluice_common::{Result, SluiceError};
-use sluice_planner::Dataflow;
+use sluice_planner::{Dataflow, DataflowOptions};
 use sluice_sql::Statement;
 use sluice_state::StateBackend;
 
@@ -90,7 +90,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens the catalog in `store`, sets up the query context and resumes
     /// maintaining every view.
-    pub async fn open(store: Arc<dyn StateBackend>) -> Result<Self> {
+    pub async fn open(store: Arc<dyn StateBackend>, options: DataflowOptions) -> Result<Self> {
         let catalog = Catalog::open(store)?;
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
@@ -101,7 +101,7 @@ impl Engine {
         ctx.register_catalog(DATABASE, Arc::new(provider));
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| SluiceError::from(*e))?;
-        let dataflow = Dataflow::new(catalog.clone(), ctx.clone());
+        let dataflow = Dataflow::new(catalog.clone(), ctx.clone(), options);
         dataflow.load().await?;
         catalog.set_listener(Some(dataflow.clone()))?;
         Ok(Engine {
@@ -110,6 +110,12 @@ impl Engine {
             ctx,
             pg_rewriter: PostgresCompatibilityParser::new(),
         })
+    }
+
+    /// Stops the views' tasks after a last checkpoint, so that the state
+    /// store closes when the engine is dropped.
+    pub async fn shutdown(&self) {
+        self.dataflow.shutdown().await;
     }
 
     /// The catalog.

@@ -14,6 +14,7 @@ mod session;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -26,10 +27,12 @@ use tokio::net::TcpListener;
 pub use auth::AuthSettings;
 pub use engine::{Engine, Output};
 pub use session::SessionService;
+pub use sluice_planner::DataflowOptions;
 
 /// A bound, ready Sluice server.
 pub struct Server {
     listener: TcpListener,
+    engine: Arc<Engine>,
     handlers: Arc<Handlers>,
 }
 
@@ -54,12 +57,17 @@ impl Server {
             &config.data_dir.join("state"),
             config.state_cache_mb.max(1) << 20,
         )?);
-        let engine = Arc::new(Engine::open(store).await?);
+        let options = DataflowOptions {
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
+            operator_cache_bytes: config.operator_cache_mb << 20,
+        };
+        let engine = Arc::new(Engine::open(store, options).await?);
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))
         })?;
         Ok(Server {
             listener,
+            engine: engine.clone(),
             handlers: Arc::new(Handlers {
                 service: Arc::new(SessionService::new(engine)),
                 auth: AuthSettings::from_config(config),
@@ -98,6 +106,7 @@ impl Server {
             }
         }
         connections.shutdown().await;
+        self.engine.shutdown().await;
         tracing::info!("sluice stopped");
         Ok(())
     }

@@ -92,6 +92,11 @@ impl WriteBatch {
     pub fn ops(&self) -> &[WriteOp] {
         &self.ops
     }
+
+    /// Appends the changes of `other`, after this batch's own.
+    pub fn append(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
 }
 
 /// A key-value store with batched reads and atomic, durable batched writes.
@@ -101,6 +106,13 @@ pub trait StateBackend: Send + Sync + 'static {
 
     /// Applies a batch atomically; it is durable when this returns.
     fn write(&self, batch: WriteBatch) -> Result<()>;
+
+    /// Applies a batch atomically, without waiting for the disk: a crash may
+    /// lose it, but only together with every write after it (the log is
+    /// sequential). Checkpoints use it; what they cover can be replayed.
+    fn write_relaxed(&self, batch: WriteBatch) -> Result<()> {
+        self.write(batch)
+    }
 
     /// Every key-value pair whose key starts with `prefix`, in key order, from
     /// one consistent snapshot.

@@ -58,18 +58,8 @@ impl RocksBackend {
         }
         ro
     }
-}
 
-impl StateBackend for RocksBackend {
-    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.db
-            .multi_get(keys)
-            .into_iter()
-            .map(|r| r.map_err(backend))
-            .collect()
-    }
-
-    fn write(&self, batch: WriteBatch) -> Result<()> {
+    fn apply(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let mut wb = rocksdb::WriteBatch::default();
         for op in batch.ops {
             match op {
@@ -86,8 +76,26 @@ impl StateBackend for RocksBackend {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(backend)
+    }
+}
+
+impl StateBackend for RocksBackend {
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| r.map_err(backend))
+            .collect()
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.apply(batch, true)
+    }
+
+    fn write_relaxed(&self, batch: WriteBatch) -> Result<()> {
+        self.apply(batch, false)
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {

@@ -1,11 +1,17 @@
 //! A transaction over a store: reads see the transaction's own writes, and
 //! everything is written in one atomic batch at commit.
+//!
+//! An operator of the dataflow keeps one open for its whole life: at each
+//! checkpoint barrier it hands its writes over ([`StateTxn::take_writes`])
+//! and keeps the values it read and wrote as a cache of hot keys, trimmed
+//! ([`StateTxn::shrink_to`]) once the writes still in flight are all it may
+//! not forget.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::{prefix_successor, KeyValue, Result, StateBackend, WriteBatch};
+use crate::{prefix_successor, KeyValue, Result, StateBackend, WriteBatch, WriteOp};
 
 /// Buffered writes over a [`StateBackend`].
 pub struct StateTxn {
@@ -13,7 +19,12 @@ pub struct StateTxn {
     /// `None` marks a deleted key.
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     batch: WriteBatch,
+    /// Roughly how many bytes the overlay holds.
+    bytes: usize,
 }
+
+/// What an overlay entry costs beyond its key and value, roughly.
+const ENTRY_OVERHEAD: usize = 48;
 
 impl std::fmt::Debug for StateTxn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,17 +41,20 @@ impl StateTxn {
             store,
             overlay: BTreeMap::new(),
             batch: WriteBatch::new(),
+            bytes: 0,
         }
     }
 
     /// Sets `key`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
         self.overlay.insert(key.clone(), Some(value.clone()));
         self.batch.put(key, value);
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
+        self.bytes += key.len() + ENTRY_OVERHEAD;
         self.overlay.insert(key.clone(), None);
         self.batch.delete(key);
     }
@@ -48,6 +62,7 @@ impl StateTxn {
     /// Removes every key starting with `prefix`.
     pub fn delete_prefix(&mut self, prefix: Vec<u8>) -> Result<()> {
         for (k, _) in self.scan_prefix(&prefix)? {
+            self.bytes += k.len() + ENTRY_OVERHEAD;
             self.overlay.insert(k, None);
         }
         self.batch.delete_prefix(prefix);
@@ -90,6 +105,62 @@ impl StateTxn {
             }
         }
         Ok(merged.into_iter().collect())
+    }
+
+    /// Hands over the writes made since the last call (to be committed by
+    /// someone else); their values stay readable here.
+    pub fn take_writes(&mut self) -> WriteBatch {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Roughly how many bytes of keys and values this transaction holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Forgets every cached value except the keys `inflight` writes (taken
+    /// but maybe not yet committed): call it only when every earlier batch
+    /// of writes is in the store.
+    pub fn shrink_to(&mut self, inflight: &WriteBatch) {
+        let mut keep: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for op in inflight.ops() {
+            match op {
+                WriteOp::Put(k, _) | WriteOp::Delete(k) => {
+                    if let Some((k, v)) = self.overlay.remove_entry(k) {
+                        keep.insert(k, v);
+                    }
+                }
+                WriteOp::DeletePrefix(prefix) => {
+                    let end = match prefix_successor(prefix) {
+                        Some(end) => Bound::Excluded(end),
+                        None => Bound::Unbounded,
+                    };
+                    let doomed: Vec<Vec<u8>> = self
+                        .overlay
+                        .range((Bound::Included(prefix.clone()), end))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in doomed {
+                        if let Some((k, v)) = self.overlay.remove_entry(&k) {
+                            keep.insert(k, v);
+                        }
+                    }
+                }
+            }
+        }
+        // Writes not yet taken stay too.
+        for op in self.batch.ops() {
+            if let WriteOp::Put(k, _) | WriteOp::Delete(k) = op {
+                if let Some((k, v)) = self.overlay.remove_entry(k) {
+                    keep.insert(k, v);
+                }
+            }
+        }
+        self.bytes = keep
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD)
+            .sum();
+        self.overlay = keep;
     }
 
     /// Writes everything, atomically and durably.
@@ -135,5 +206,35 @@ mod tests {
         assert!(txn.scan_prefix(b"a/").expect("scan").is_empty());
         txn.commit().expect("commit");
         assert!(store.scan_prefix(b"a/").expect("scan").is_empty());
+    }
+
+    #[test]
+    fn taken_writes_stay_readable_until_shrunk_and_the_rest_is_read_again() {
+        let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        let mut txn = StateTxn::new(store.clone());
+        txn.put(b"k/1".to_vec(), b"one".to_vec());
+        let first = txn.take_writes();
+        assert_eq!(first.len(), 1);
+        txn.put(b"k/2".to_vec(), b"two".to_vec());
+        let second = txn.take_writes();
+        // Neither batch is in the store yet: both are still read here.
+        assert_eq!(
+            txn.multi_get(&[b"k/1".to_vec(), b"k/2".to_vec()])
+                .expect("get"),
+            vec![Some(b"one".to_vec()), Some(b"two".to_vec())]
+        );
+        store.write(first).expect("first batch lands");
+        assert!(txn.cached_bytes() > 0);
+        txn.shrink_to(&second);
+        // k/1 now comes from the store, k/2 (in flight) from the cache.
+        assert_eq!(
+            txn.scan_prefix(b"k/").expect("scan"),
+            vec![
+                (b"k/1".to_vec(), b"one".to_vec()),
+                (b"k/2".to_vec(), b"two".to_vec())
+            ]
+        );
+        assert_eq!(store.get(b"k/2").expect("get"), None);
+        assert!(txn.take_writes().is_empty());
     }
 }

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use sluice_common::ObjectKind;
-use sluice_server::Engine;
+use sluice_server::{DataflowOptions, Engine};
 use sluice_state::{RocksBackend, StateBackend};
 
 const VIEW: &str = "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue \
@@ -98,7 +98,7 @@ fn orders(
 pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
-    let engine = Engine::open(store).await?;
+    let engine = Engine::open(store, DataflowOptions::default()).await?;
     for sql in [
         "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT)".to_owned(),
         "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)".to_owned(),
@@ -124,6 +124,7 @@ pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::
         engine.catalog().append_to_stream(&stream, &batch).await?;
         sent += n;
     }
+    engine.dataflow().flush().await?;
     let streaming_wall_s = start.elapsed().as_secs_f64();
     let streaming_cpu_s = cpu_seconds() - cpu;
 
@@ -189,6 +190,7 @@ pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::
         text(&sorted)?
     );
     drop(expected);
+    engine.shutdown().await;
 
     let streaming_events_per_s = events as f64 / streaming_wall_s;
     let batch_events_per_s = events as f64 / batch_wall_s;

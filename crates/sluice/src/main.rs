@@ -89,6 +89,14 @@ struct ServeArgs {
     /// Memory for hot state (RocksDB's block cache), in MiB [default: 256].
     #[arg(long, env = "SLUICE_STATE_CACHE_MB", value_name = "MIB")]
     state_cache_mb: Option<usize>,
+
+    /// State each operator keeps in memory above RocksDB, in MiB [default: 64].
+    #[arg(long, env = "SLUICE_OPERATOR_CACHE_MB", value_name = "MIB")]
+    operator_cache_mb: Option<usize>,
+
+    /// How often views checkpoint, in milliseconds [default: 1000].
+    #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
+    checkpoint_interval_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -122,6 +130,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.state_cache_mb {
             config.state_cache_mb = v;
+        }
+        if let Some(v) = self.operator_cache_mb {
+            config.operator_cache_mb = v;
+        }
+        if let Some(v) = self.checkpoint_interval_ms {
+            config.checkpoint_interval_ms = v;
         }
         Ok(config)
     }

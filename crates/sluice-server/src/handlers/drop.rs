@@ -8,9 +8,7 @@ use sluice_sql::Drop;
 use crate::engine::{Engine, Output};
 
 pub async fn execute(engine: &Engine, drop: &Drop) -> Result<Output> {
-    let dropped = engine.catalog().drop_relations(drop).await?;
-    let ids: Vec<u64> = dropped.iter().map(|r| r.entry().id).collect();
-    engine.dataflow().forget(&ids)?;
+    engine.dataflow().drop_relations(drop).await?;
     Ok(Output::command(&format!(
         "DROP {}",
         drop.kind.keyword().to_uppercase()

@@ -1,11 +1,11 @@
-//! `FLUSH`: returns once everything inserted before it is reflected in every
-//! view. INSERTs are durable and visible when they return, and there are no
-//! views to catch up yet, so there is nothing to wait for.
+//! `FLUSH`: returns once everything written before it is reflected in every
+//! view (a checkpoint that covers it has committed).
 
 use sluice_common::Result;
 
 use crate::engine::{Engine, Output};
 
-pub async fn execute(_engine: &Engine) -> Result<Output> {
+pub async fn execute(engine: &Engine) -> Result<Output> {
+    engine.dataflow().flush().await?;
     Ok(Output::command("FLUSH"))
 }

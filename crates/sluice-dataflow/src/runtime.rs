@@ -1,0 +1,305 @@
+//! The runtime: every operator of a view runs as its own task, and the
+//! tasks are connected by bounded channels carrying [`Message`]s, change
+//! batches and checkpoint barriers.
+//!
+//! Checkpoints are aligned barriers (Chandy-Lamport, as in Flink): barrier
+//! `e` enters at every source; an operator with several inputs holds back an
+//! input that has delivered barrier `e` until all of them have, then hands
+//! its state writes of the epoch to the coordinator in a [`Report`] and
+//! forwards the barrier. The coordinator commits an epoch once every task
+//! has reported it, so state and view rows always commit as of the same
+//! cut of the inputs.
+//!
+//! Each task keeps its state in a long-lived [`StateTxn`]: reads see its own
+//! writes, including those handed over but not yet committed, and the
+//! values stay in memory as a cache of hot keys, trimmed when it outgrows
+//! its budget.
+
+use std::collections::VecDeque;
+
+use std::sync::Arc;
+
+use datafusion::prelude::SessionContext;
+use sluice_common::{ChangeBatch, SluiceError};
+use sluice_state::{StateBackend, StateTxn, WriteBatch};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::{Node, OpContext, Operator};
+
+/// How many messages a task's inbox holds before senders wait.
+pub const INBOX_CAPACITY: usize = 16;
+
+/// What flows between tasks.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A change of the sender's output.
+    Data(ChangeBatch),
+    /// Everything before this belongs to checkpoint epoch `e`.
+    Barrier(u64),
+}
+
+/// A task's inbox: messages tagged with the input they arrive on.
+pub type Inbox = mpsc::Receiver<(usize, Message)>;
+
+/// The sending end of one input of a task.
+#[derive(Debug, Clone)]
+pub struct Outlet {
+    tx: mpsc::Sender<(usize, Message)>,
+    input: usize,
+}
+
+impl Outlet {
+    /// Input `input` of the task that reads `tx`'s inbox.
+    pub fn new(tx: mpsc::Sender<(usize, Message)>, input: usize) -> Self {
+        Outlet { tx, input }
+    }
+
+    /// Sends, waiting while the inbox is full; `false` if the task ended.
+    pub async fn send(&self, message: Message) -> bool {
+        self.tx.send((self.input, message)).await.is_ok()
+    }
+}
+
+/// A new inbox and the outlet of its input 0.
+pub fn inbox() -> (Outlet, Inbox) {
+    let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+    (Outlet::new(tx, 0), rx)
+}
+
+/// What a task hands the coordinator when a barrier passes it.
+#[derive(Debug)]
+pub struct Report {
+    /// The epoch the barrier closed.
+    pub epoch: u64,
+    /// The task's state writes during the epoch.
+    pub writes: WriteBatch,
+    /// The view the task belongs to.
+    pub view: u64,
+    /// The error the task stopped at during the epoch, if it did.
+    pub failure: Option<SluiceError>,
+}
+
+/// What every task of a view shares.
+#[derive(Clone)]
+pub struct TaskEnv {
+    /// The state store (committed state; each task overlays its own writes).
+    pub store: Arc<dyn StateBackend>,
+    /// DataFusion, for operators that evaluate plans.
+    pub session: SessionContext,
+    /// Where reports go.
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// The newest committed epoch.
+    pub committed: watch::Receiver<u64>,
+    /// The view.
+    pub view: u64,
+    /// How many bytes of state a task may keep cached in memory.
+    pub cache_bytes: usize,
+}
+
+impl std::fmt::Debug for TaskEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskEnv")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskEnv {
+    /// Hands over a task's writes for `epoch`, trimming its cache when it is
+    /// over budget and every earlier epoch is committed.
+    pub fn checkpoint(&self, epoch: u64, txn: &mut StateTxn, failure: Option<SluiceError>) -> bool {
+        let writes = txn.take_writes();
+        if txn.cached_bytes() > self.cache_bytes && *self.committed.borrow() + 1 >= epoch {
+            txn.shrink_to(&writes);
+        }
+        self.reports
+            .send(Report {
+                epoch,
+                writes,
+                view: self.view,
+                failure,
+            })
+            .is_ok()
+    }
+}
+
+/// The tasks of one view's operators.
+#[derive(Debug, Default)]
+pub struct Spawned {
+    /// Where changes of each relation enter: (relation id, outlet).
+    pub inlets: Vec<(u64, Outlet)>,
+    /// The running tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts a task for every operator of `node`, the root's output going to
+/// `out`; the leaves' outlets are added to `spawned.inlets`.
+pub fn spawn(node: Node, out: Outlet, env: &TaskEnv, spawned: &mut Spawned) {
+    match node {
+        Node::Source { relation, .. } => spawned.inlets.push((relation, out)),
+        Node::Op { op, inputs, state } => {
+            let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+            let n = inputs.len();
+            for (i, input) in inputs.into_iter().enumerate() {
+                spawn(input, Outlet::new(tx.clone(), i), env, spawned);
+            }
+            drop(tx);
+            let env = env.clone();
+            spawned.tasks.push(tokio::spawn(async move {
+                run_operator(op, state, n, rx, out, env).await;
+            }));
+        }
+    }
+}
+
+/// Holds back inputs that delivered the current barrier until all have.
+#[derive(Debug)]
+pub struct Aligner {
+    arrived: Vec<bool>,
+    held: VecDeque<(usize, Message)>,
+    pending: VecDeque<(usize, Message)>,
+}
+
+impl Aligner {
+    /// An aligner for `inputs` inputs.
+    pub fn new(inputs: usize) -> Self {
+        Aligner {
+            arrived: vec![false; inputs.max(1)],
+            held: VecDeque::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next message to process, with its input: `Data`, or a
+    /// `Barrier` once it has arrived on every input (reported on input 0).
+    /// `None` when the inbox closed.
+    pub async fn next(&mut self, inbox: &mut Inbox) -> Option<(usize, Message)> {
+        loop {
+            let (input, message) = match self.pending.pop_front() {
+                Some(m) => m,
+                None => inbox.recv().await?,
+            };
+            let input = input.min(self.arrived.len() - 1);
+            if self.arrived[input] {
+                self.held.push_back((input, message));
+                continue;
+            }
+            match message {
+                Message::Data(_) => return Some((input, message)),
+                Message::Barrier(epoch) => {
+                    self.arrived[input] = true;
+                    if self.arrived.iter().all(|a| *a) {
+                        self.arrived.iter_mut().for_each(|a| *a = false);
+                        // What was held back came before what is pending.
+                        let mut requeue = std::mem::take(&mut self.held);
+                        requeue.append(&mut self.pending);
+                        self.pending = requeue;
+                        return Some((0, Message::Barrier(epoch)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_operator(
+    op: Box<dyn Operator>,
+    state: Vec<u8>,
+    inputs: usize,
+    mut inbox: Inbox,
+    out: Outlet,
+    env: TaskEnv,
+) {
+    let mut txn = StateTxn::new(env.store.clone());
+    let mut aligner = Aligner::new(inputs);
+    let mut failure: Option<SluiceError> = None;
+    let mut failed = false;
+    while let Some((input, message)) = aligner.next(&mut inbox).await {
+        match message {
+            Message::Data(changes) => {
+                if failed {
+                    continue;
+                }
+                let mut ctx = OpContext {
+                    txn: &mut txn,
+                    session: &env.session,
+                };
+                match op.process(input, changes, &state, &mut ctx).await {
+                    Ok(output) => {
+                        if !output.is_empty() && !out.send(Message::Data(output)).await {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(view = env.view, operator = %op.explain(), error = %e,
+                            "operator stopped at an error");
+                        failed = true;
+                        failure = Some(e);
+                    }
+                }
+            }
+            Message::Barrier(epoch) => {
+                if !env.checkpoint(epoch, &mut txn, failure.take()) {
+                    break;
+                }
+                if !out.send(Message::Barrier(epoch)).await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn data(v: i64) -> Message {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).expect("batch");
+        Message::Data(ChangeBatch::inserts(batch))
+    }
+
+    fn value(m: &Message) -> Option<i64> {
+        match m {
+            Message::Data(c) => c
+                .batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0)),
+            Message::Barrier(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn barriers_align_and_hold_back_the_inputs_that_are_ahead() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let left = Outlet::new(tx.clone(), 0);
+        let right = Outlet::new(tx, 1);
+        // Left runs ahead: its barrier 1, then data of epoch 2, then barrier 2.
+        assert!(left.send(data(1)).await);
+        assert!(left.send(Message::Barrier(1)).await);
+        assert!(left.send(data(2)).await);
+        assert!(left.send(Message::Barrier(2)).await);
+        assert!(right.send(data(10)).await);
+        assert!(right.send(Message::Barrier(1)).await);
+        assert!(right.send(data(20)).await);
+        assert!(right.send(Message::Barrier(2)).await);
+        drop((left, right));
+        let mut aligner = Aligner::new(2);
+        let mut seen = Vec::new();
+        while let Some((input, m)) = aligner.next(&mut rx).await {
+            seen.push(match m {
+                Message::Barrier(e) => format!("B{e}"),
+                m => format!("{input}:{}", value(&m).unwrap_or_default()),
+            });
+        }
+        // Epoch 1 holds only 1 and 10; 2 waited behind the left barrier.
+        assert_eq!(seen, vec!["0:1", "1:10", "B1", "0:2", "1:20", "B2"]);
+    }
+}
