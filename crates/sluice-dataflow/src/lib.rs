@@ -60,6 +60,12 @@ pub trait Operator: Send + Sync {
     /// The schema of the output.
     fn schema(&self) -> SchemaRef;
 
+    /// Whether the operator keeps no state and has one input: it then runs
+    /// inside the task of its consumer instead of a task of its own.
+    fn stateless(&self) -> bool {
+        false
+    }
+
     /// One line for `EXPLAIN`: the operator and the state it keeps.
     fn explain(&self) -> String;
 }

@@ -133,21 +133,66 @@ pub struct Spawned {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts a task for every operator of `node`, the root's output going to
-/// `out`; the leaves' outlets are added to `spawned.inlets`.
+/// Stateless operators (with their state prefix) applied, in order, to an
+/// input's changes inside the consuming task.
+type Chain = Vec<(Box<dyn Operator>, Vec<u8>)>;
+
+/// Splits a chain of stateless operators over a source off `node`.
+fn peel(node: Node) -> Result<(u64, Chain), Node> {
+    match node {
+        Node::Source { relation, .. } => Ok((relation, Vec::new())),
+        Node::Op {
+            op,
+            mut inputs,
+            state,
+        } if op.stateless() && inputs.len() == 1 => {
+            let Some(input) = inputs.pop() else {
+                return Err(Node::Op { op, inputs, state });
+            };
+            match peel(input) {
+                Ok((relation, mut chain)) => {
+                    chain.push((op, state));
+                    Ok((relation, chain))
+                }
+                Err(input) => Err(Node::Op {
+                    op,
+                    inputs: vec![input],
+                    state,
+                }),
+            }
+        }
+        other => Err(other),
+    }
+}
+
+/// Starts a task for every stateful operator of `node` (stateless ones over
+/// a source run inside their consumer's task, so that a task fed by the
+/// router sees the changes of all its inputs in the order they were
+/// written), the root's output going to `out`; the leaves' outlets are
+/// added to `spawned.inlets`.
 pub fn spawn(node: Node, out: Outlet, env: &TaskEnv, spawned: &mut Spawned) {
     match node {
         Node::Source { relation, .. } => spawned.inlets.push((relation, out)),
         Node::Op { op, inputs, state } => {
             let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-            let n = inputs.len();
+            let mut chains = Vec::with_capacity(inputs.len());
             for (i, input) in inputs.into_iter().enumerate() {
-                spawn(input, Outlet::new(tx.clone(), i), env, spawned);
+                let outlet = Outlet::new(tx.clone(), i);
+                match peel(input) {
+                    Ok((relation, chain)) => {
+                        spawned.inlets.push((relation, outlet));
+                        chains.push(chain);
+                    }
+                    Err(input) => {
+                        spawn(input, outlet, env, spawned);
+                        chains.push(Vec::new());
+                    }
+                }
             }
             drop(tx);
             let env = env.clone();
             spawned.tasks.push(tokio::spawn(async move {
-                run_operator(op, state, n, rx, out, env).await;
+                run_operator(op, state, chains, rx, out, env).await;
             }));
         }
     }
@@ -206,13 +251,13 @@ impl Aligner {
 async fn run_operator(
     op: Box<dyn Operator>,
     state: Vec<u8>,
-    inputs: usize,
+    chains: Vec<Chain>,
     mut inbox: Inbox,
     out: Outlet,
     env: TaskEnv,
 ) {
     let mut txn = StateTxn::new(env.store.clone());
-    let mut aligner = Aligner::new(inputs);
+    let mut aligner = Aligner::new(chains.len());
     let mut failure: Option<SluiceError> = None;
     let mut failed = false;
     while let Some((input, message)) = aligner.next(&mut inbox).await {
@@ -225,7 +270,16 @@ async fn run_operator(
                     txn: &mut txn,
                     session: &env.session,
                 };
-                match op.process(input, changes, &state, &mut ctx).await {
+                let processed = match chains.get(input) {
+                    Some(chain) => apply_chain(chain, changes, &mut ctx).await,
+                    None => Ok(changes),
+                };
+                let processed = match processed {
+                    Ok(c) if c.is_empty() => continue,
+                    Ok(c) => op.process(input, c, &state, &mut ctx).await,
+                    Err(e) => Err(e),
+                };
+                match processed {
                     Ok(output) => {
                         if !output.is_empty() && !out.send(Message::Data(output)).await {
                             break;
@@ -249,6 +303,20 @@ async fn run_operator(
             }
         }
     }
+}
+
+async fn apply_chain(
+    chain: &Chain,
+    mut changes: ChangeBatch,
+    ctx: &mut OpContext<'_>,
+) -> sluice_common::Result<ChangeBatch> {
+    for (op, state) in chain {
+        if changes.is_empty() {
+            break;
+        }
+        changes = op.process(0, changes, state, ctx).await?;
+    }
+    Ok(changes)
 }
 
 #[cfg(test)]

@@ -270,7 +270,7 @@ impl<'a> Builder<'a> {
                             "a stream joins a table as a lookup: use JOIN or LEFT JOIN with the \
                              stream on the left",
                         )),
-                        (false, false, _) => Partitioning::PerKey,
+                        (false, false, _) => Partitioning::JoinKeys,
                     };
                 let left = self.build(&j.left)?;
                 let right = self.build(&j.right)?;

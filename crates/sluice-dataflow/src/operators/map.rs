@@ -78,6 +78,10 @@ impl Operator for Map {
         self.schema.clone()
     }
 
+    fn stateless(&self) -> bool {
+        true
+    }
+
     fn explain(&self) -> String {
         format!("{} (stateless)", self.label)
     }

@@ -15,8 +15,10 @@
 //! <row>` -> multiplicity (i64); side 0 and 1 are the inputs, side 2 the
 //! output. Keys and rows are `arrow-row` encoded.
 //!
-//! Lookup joins (stream JOIN table) keep only the table side: each stream
-//! change is joined with the table's current rows and never revised.
+//! Joins of tables and views keep only their inputs: the touched keys' rows
+//! are joined before and after the change, in one query each. Lookup joins
+//! (stream JOIN table) keep only the table side: each stream change is
+//! joined with the table's current rows and never revised.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,12 @@ use sluice_common::{batch_with_rows, ChangeBatch, Result, SluiceError};
 use crate::{OpContext, Operator};
 
 const OUTPUT_SIDE: u8 = 2;
+/// Up to how many keys a lookup join reads key by key rather than the whole
+/// table side (a lookup batch touches many keys of a small table).
+const LOOKUP_KEY_BY_KEY: usize = 32;
+/// The same for a join of tables, whose sides are large and whose changes
+/// touch few keys.
+const JOIN_KEY_BY_KEY: usize = 4096;
 const SCRATCH: &str = "__sluice_input";
 
 /// How an input's rows are partitioned for recomputation.
@@ -45,9 +53,13 @@ pub enum Partitioning {
     /// A key's rows are recomputed together; an output row's key is its
     /// first `n` columns (GROUP BY, DISTINCT).
     GroupColumns(usize),
-    /// A key's rows are recomputed together, key by key (joins, windows,
-    /// top-N; a global top-N has one, empty, key).
+    /// A key's rows are recomputed together, key by key (windows, top-N;
+    /// a global top-N has one, empty, key).
     PerKey,
+    /// Equi-join keys: rows of different keys never meet, so all touched
+    /// keys run through the join at once, before and after the change, and
+    /// the output is not kept (a join is deterministic).
+    JoinKeys,
     /// Stream JOIN table: input `stream` is joined as it comes, not kept.
     Lookup {
         /// The stream's input.
@@ -340,9 +352,9 @@ impl Recompute {
         state: &[u8],
         side: u8,
         keys: &[Vec<u8>],
+        key_by_key: usize,
     ) -> Result<Vec<(Vec<u8>, i64)>> {
-        const KEY_BY_KEY: usize = 32;
-        if keys.len() <= KEY_BY_KEY {
+        if keys.len() <= key_by_key {
             let mut rows = Vec::new();
             for key in keys {
                 rows.extend(self.load(ctx, state, side, key)?);
@@ -470,6 +482,40 @@ impl Recompute {
             .collect()
     }
 
+    /// A change of one side of a join: the touched keys' rows joined before
+    /// and after it, and the difference.
+    async fn join(
+        &self,
+        input: usize,
+        keys: &[Vec<u8>],
+        rows: Vec<Vec<u8>>,
+        changes: &ChangeBatch,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<ChangeBatch> {
+        let affected = Self::distinct(keys);
+        let mut before = Vec::with_capacity(self.inputs.len());
+        for (side, codec) in self.inputs.iter().enumerate() {
+            let rows = self.load_many(ctx, state, side as u8, &affected, JOIN_KEY_BY_KEY)?;
+            before.push(Self::decode(&codec.rows, &codec.schema, &rows)?);
+        }
+        self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
+        let changed = self.load_many(ctx, state, input as u8, &affected, JOIN_KEY_BY_KEY)?;
+        let mut after = before.clone();
+        after[input] = Self::decode(
+            &self.inputs[input].rows,
+            &self.inputs[input].schema,
+            &changed,
+        )?;
+        let old = self.execute(ctx.session, before).await?;
+        let new = self.execute(ctx.session, after).await?;
+        let old: Vec<(Vec<u8>, i64)> = rows_of(&self.output_rows, &old)?
+            .into_iter()
+            .map(|r| (r, 1))
+            .collect();
+        Ok(self.diff(&old, &new)?.0)
+    }
+
     async fn lookup(
         &self,
         stream: usize,
@@ -479,7 +525,13 @@ impl Recompute {
     ) -> Result<ChangeBatch> {
         let table = 1 - stream;
         let keys = self.keys_of(stream, &changes.batch)?;
-        let table_rows = self.load_many(ctx, state, table as u8, &Self::distinct(&keys))?;
+        let table_rows = self.load_many(
+            ctx,
+            state,
+            table as u8,
+            &Self::distinct(&keys),
+            LOOKUP_KEY_BY_KEY,
+        )?;
         let table_batch = Self::decode(
             &self.inputs[table].rows,
             &self.inputs[table].schema,
@@ -530,6 +582,9 @@ impl Operator for Recompute {
             return self.replace_groups(ctx, state, &old, &new);
         }
         let rows = rows_of(&self.inputs[input].rows, &changes.batch)?;
+        if self.partitioning == Partitioning::JoinKeys {
+            return self.join(input, &keys, rows, &changes, state, ctx).await;
+        }
         self.apply(ctx, state, input as u8, &keys, rows, |i| changes.sign(i))?;
         if matches!(self.partitioning, Partitioning::Lookup { .. }) {
             return Ok(ChangeBatch::empty(self.schema.clone()));
@@ -604,6 +659,7 @@ impl Operator for Recompute {
             }
             Partitioning::GroupColumns(_) => "state: input rows and output row per group",
             Partitioning::PerKey => "state: input rows and output rows per key",
+            Partitioning::JoinKeys => "state: both sides' rows per key",
             Partitioning::Lookup { .. } => "state: the table side's rows per key",
         };
         format!("{} ({state})", self.label)
