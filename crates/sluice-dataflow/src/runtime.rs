@@ -1,6 +1,11 @@
-//! The runtime: every operator of a view runs as its own task, and the
-//! tasks are connected by bounded channels carrying [`Message`]s, change
-//! batches and checkpoint barriers.
+//! The runtime: every stateful operator of a view runs as its own task,
+//! and the tasks are connected by bounded channels carrying [`Message`]s:
+//! change batches, watermarks and checkpoint barriers.
+//!
+//! Watermarks: a stream with `WATERMARK FOR` carries one (its largest event
+//! time minus the delay, in microseconds); an operator's watermark is the
+//! minimum over the inputs that carry one, forwarded when it advances.
+//! Tables carry none, so a lookup join passes on its stream's.
 //!
 //! Checkpoints are aligned barriers (Chandy-Lamport, as in Flink): barrier
 //! `e` enters at every source; an operator with several inputs holds back an
@@ -35,6 +40,9 @@ pub const INBOX_CAPACITY: usize = 16;
 pub enum Message {
     /// A change of the sender's output.
     Data(ChangeBatch),
+    /// No later row of the sender's event time is expected below this
+    /// (microseconds since the epoch).
+    Watermark(i64),
     /// Everything before this belongs to checkpoint epoch `e`.
     Barrier(u64),
 }
@@ -137,6 +145,75 @@ pub struct Spawned {
 /// input's changes inside the consuming task.
 type Chain = Vec<(Box<dyn Operator>, Vec<u8>)>;
 
+/// The largest event time in `batch` according to a stream's watermark
+/// expression, in microseconds since the epoch.
+pub fn max_event_time(
+    expr: &Arc<dyn datafusion::physical_plan::PhysicalExpr>,
+    batch: &datafusion::arrow::array::RecordBatch,
+) -> sluice_common::Result<Option<i64>> {
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    if batch.num_rows() == 0 {
+        return Ok(None);
+    }
+    let values = expr.evaluate(batch)?.into_array(batch.num_rows())?;
+    let micros = datafusion::arrow::compute::cast(
+        &values,
+        &DataType::Timestamp(TimeUnit::Microsecond, None),
+    )?;
+    Ok(micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .and_then(datafusion::arrow::compute::max))
+}
+
+/// Tracks the watermark of each input and the minimum over those that
+/// carry one.
+#[derive(Debug)]
+pub struct Watermarks {
+    carries: Vec<bool>,
+    current: Vec<Option<i64>>,
+    emitted: Option<i64>,
+}
+
+impl Watermarks {
+    /// For inputs of which those marked `true` carry watermarks.
+    pub fn new(carries: Vec<bool>) -> Self {
+        let n = carries.len();
+        Watermarks {
+            carries,
+            current: vec![None; n],
+            emitted: None,
+        }
+    }
+
+    /// Whether any input carries a watermark.
+    pub fn any(&self) -> bool {
+        self.carries.iter().any(|c| *c)
+    }
+
+    /// Records input `input`'s watermark; returns the output's watermark if
+    /// it advanced.
+    pub fn advance(&mut self, input: usize, watermark: i64) -> Option<i64> {
+        let slot = self.current.get_mut(input)?;
+        *slot = Some(slot.map_or(watermark, |w| w.max(watermark)));
+        let mut min: Option<i64> = None;
+        for (carries, w) in self.carries.iter().zip(&self.current) {
+            if !carries {
+                continue;
+            }
+            let w = (*w)?;
+            min = Some(min.map_or(w, |m| m.min(w)));
+        }
+        let min = min?;
+        if self.emitted.is_some_and(|e| e >= min) {
+            return None;
+        }
+        self.emitted = Some(min);
+        Some(min)
+    }
+}
+
 /// Splits a chain of stateless operators over a source off `node`.
 fn peel(node: Node) -> Result<(u64, Chain), Node> {
     match node {
@@ -169,31 +246,46 @@ fn peel(node: Node) -> Result<(u64, Chain), Node> {
 /// a source run inside their consumer's task, so that a task fed by the
 /// router sees the changes of all its inputs in the order they were
 /// written), the root's output going to `out`; the leaves' outlets are
-/// added to `spawned.inlets`.
-pub fn spawn(node: Node, out: Outlet, env: &TaskEnv, spawned: &mut Spawned) {
+/// added to `spawned.inlets`. `carries` says which relations carry a
+/// watermark; returns whether `node`'s output does.
+pub fn spawn(
+    node: Node,
+    out: Outlet,
+    env: &TaskEnv,
+    carries: &dyn Fn(u64) -> bool,
+    spawned: &mut Spawned,
+) -> bool {
     match node {
-        Node::Source { relation, .. } => spawned.inlets.push((relation, out)),
+        Node::Source { relation, .. } => {
+            spawned.inlets.push((relation, out));
+            carries(relation)
+        }
         Node::Op { op, inputs, state } => {
             let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
             let mut chains = Vec::with_capacity(inputs.len());
+            let mut carried = Vec::with_capacity(inputs.len());
             for (i, input) in inputs.into_iter().enumerate() {
                 let outlet = Outlet::new(tx.clone(), i);
                 match peel(input) {
                     Ok((relation, chain)) => {
                         spawned.inlets.push((relation, outlet));
                         chains.push(chain);
+                        carried.push(carries(relation));
                     }
                     Err(input) => {
-                        spawn(input, outlet, env, spawned);
+                        carried.push(spawn(input, outlet, env, carries, spawned));
                         chains.push(Vec::new());
                     }
                 }
             }
             drop(tx);
             let env = env.clone();
+            let watermarks = Watermarks::new(carried);
+            let any = watermarks.any();
             spawned.tasks.push(tokio::spawn(async move {
-                run_operator(op, state, chains, rx, out, env).await;
+                run_operator(op, state, chains, watermarks, rx, out, env).await;
             }));
+            any
         }
     }
 }
@@ -231,7 +323,7 @@ impl Aligner {
                 continue;
             }
             match message {
-                Message::Data(_) => return Some((input, message)),
+                Message::Data(_) | Message::Watermark(_) => return Some((input, message)),
                 Message::Barrier(epoch) => {
                     self.arrived[input] = true;
                     if self.arrived.iter().all(|a| *a) {
@@ -252,6 +344,7 @@ async fn run_operator(
     op: Box<dyn Operator>,
     state: Vec<u8>,
     chains: Vec<Chain>,
+    mut watermarks: Watermarks,
     mut inbox: Inbox,
     out: Outlet,
     env: TaskEnv,
@@ -290,6 +383,13 @@ async fn run_operator(
                             "operator stopped at an error");
                         failed = true;
                         failure = Some(e);
+                    }
+                }
+            }
+            Message::Watermark(w) => {
+                if let Some(w) = watermarks.advance(input, w) {
+                    if !out.send(Message::Watermark(w)).await {
+                        break;
                     }
                 }
             }
@@ -340,8 +440,84 @@ mod tests {
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .map(|a| a.value(0)),
-            Message::Barrier(_) => None,
+            Message::Watermark(_) | Message::Barrier(_) => None,
         }
+    }
+
+    #[tokio::test]
+    async fn tasks_pass_on_changes_watermarks_and_report_at_barriers() {
+        use crate::operators::Union;
+        use sluice_state::MemoryBackend;
+
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let source = |relation| Node::Source {
+            relation,
+            name: format!("s{relation}"),
+            schema: schema.clone(),
+        };
+        let root = Node::Op {
+            op: Box::new(Union::new(schema.clone())),
+            inputs: vec![source(1), source(2), source(3)],
+            state: b"u".to_vec(),
+        };
+        let (reports_tx, mut reports) = mpsc::unbounded_channel();
+        let (_committed_tx, committed) = watch::channel(0u64);
+        let env = TaskEnv {
+            store: Arc::new(MemoryBackend::new()),
+            session: SessionContext::new(),
+            reports: reports_tx,
+            committed,
+            view: 9,
+            cache_bytes: 1 << 20,
+        };
+        let (out, mut sink) = inbox();
+        let mut spawned = Spawned::default();
+        // Sources 1 and 2 are streams with watermarks, 3 a table.
+        let carried = spawn(root, out, &env, &|r| r != 3, &mut spawned);
+        assert!(carried);
+        assert_eq!(spawned.tasks.len(), 1);
+        let inlet = |r: u64| {
+            spawned
+                .inlets
+                .iter()
+                .find(|(rel, _)| *rel == r)
+                .map(|(_, o)| o.clone())
+                .expect("inlet")
+        };
+        assert!(inlet(1).send(data(1)).await);
+        assert!(inlet(1).send(Message::Watermark(100)).await);
+        assert!(inlet(3).send(data(3)).await);
+        assert!(inlet(2).send(Message::Watermark(80)).await);
+        assert!(inlet(2).send(Message::Watermark(120)).await);
+        for r in [1, 2, 3] {
+            assert!(inlet(r).send(Message::Barrier(1)).await);
+        }
+        let mut seen = Vec::new();
+        while seen.last() != Some(&"B1".to_owned()) {
+            let (_, m) = sink.recv().await.expect("output");
+            seen.push(match m {
+                Message::Data(_) => format!("D{}", value(&m).unwrap_or_default()),
+                Message::Watermark(w) => format!("W{w}"),
+                Message::Barrier(e) => format!("B{e}"),
+            });
+        }
+        assert_eq!(seen, vec!["D1", "D3", "W80", "W100", "B1"]);
+        let report = reports.recv().await.expect("report");
+        assert_eq!((report.epoch, report.view), (1, 9));
+        assert!(report.failure.is_none());
+    }
+
+    #[test]
+    fn an_operator_watermark_is_the_minimum_over_inputs_that_carry_one() {
+        // Input 1 is a table: it carries none and holds nothing back.
+        let mut w = Watermarks::new(vec![true, false, true]);
+        assert_eq!(w.advance(0, 50), None, "input 2 has no watermark yet");
+        assert_eq!(w.advance(2, 30), Some(30));
+        assert_eq!(w.advance(2, 40), Some(40));
+        assert_eq!(w.advance(2, 35), None, "watermarks never go back");
+        assert_eq!(w.advance(2, 90), Some(50));
+        assert_eq!(w.advance(1, 10), None);
+        assert_eq!(w.advance(0, 70), Some(70));
     }
 
     #[tokio::test]

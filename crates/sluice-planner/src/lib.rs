@@ -19,7 +19,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::common::DFSchema;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
@@ -190,7 +192,36 @@ impl Dataflow {
         };
         let (sink, sink_inbox) = runtime::inbox();
         let mut spawned = Spawned::default();
-        runtime::spawn(root, sink, &env, &mut spawned);
+        let mut event_time = Vec::new();
+        let carries = {
+            let registry = self.registry.read().map_err(|_| poisoned())?;
+            let mut carries = std::collections::HashMap::new();
+            for source in root.sources() {
+                let Some(input) = self.catalog.get_by_id(source)? else {
+                    continue;
+                };
+                let carried = match input.kind() {
+                    RelationKind::Stream => match self.watermark_expr(&input)? {
+                        Some(expr) => {
+                            event_time.push((source, expr));
+                            true
+                        }
+                        None => false,
+                    },
+                    RelationKind::View => registry.views.get(&source).is_some_and(|v| v.carries),
+                    RelationKind::Table => false,
+                };
+                carries.insert(source, carried);
+            }
+            carries
+        };
+        let carried = runtime::spawn(
+            root,
+            sink,
+            &env,
+            &|relation| carries.get(&relation).copied().unwrap_or(false),
+            &mut spawned,
+        );
         spawned.tasks.push(tokio::spawn(tasks::run_sink(
             relation.clone(),
             sink_inbox,
@@ -205,15 +236,27 @@ impl Dataflow {
                 .or_default()
                 .push((id, outlet));
         }
+        registry.event_time.extend(event_time);
         let nodes = spawned.tasks.len();
         registry.views.insert(
             id,
             LiveView {
                 tasks: spawned.tasks,
                 nodes,
+                carries: carried,
             },
         );
         Ok(())
+    }
+
+    /// A stream's `WATERMARK FOR` expression, ready to evaluate.
+    fn watermark_expr(&self, stream: &Relation) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        let Some(watermark) = &stream.entry().watermark else {
+            return Ok(None);
+        };
+        let schema = DFSchema::try_from(stream.schema().as_ref().clone())?;
+        let expr = self.ctx.parse_sql_expr(&watermark.expr, &schema)?;
+        Ok(Some(self.ctx.create_physical_expr(expr, &schema)?))
     }
 
     /// Checkpoints and holds the router until the result is dropped: no

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use datafusion::physical_plan::PhysicalExpr;
 use sluice_catalog::{changelog_key, failure_key, Catalog, LoggedChange, Relation};
 use sluice_common::{Result, SluiceError};
-use sluice_dataflow::runtime::{Inbox, Message, Outlet, Report, TaskEnv};
+use sluice_dataflow::runtime::{max_event_time, Inbox, Message, Outlet, Report, TaskEnv};
 use sluice_state::{StateTxn, WriteBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,6 +24,8 @@ use tokio::task::JoinHandle;
 pub(crate) struct LiveView {
     pub tasks: Vec<JoinHandle<()>>,
     pub nodes: usize,
+    /// Whether the view's output carries a watermark.
+    pub carries: bool,
 }
 
 /// The shape of the running graph. Changed only while the router is paused
@@ -33,6 +36,9 @@ pub(crate) struct Registry {
     pub inlets: HashMap<u64, Vec<(u64, Outlet)>>,
     /// The running views, by id.
     pub views: BTreeMap<u64, LiveView>,
+    /// The watermark expression of each stream a running view reads that
+    /// declares one.
+    pub event_time: HashMap<u64, Arc<dyn PhysicalExpr>>,
 }
 
 impl Registry {
@@ -109,6 +115,7 @@ impl Router {
     pub async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let mut next_epoch = *self.committed.borrow() + 1;
         let mut seqs: Vec<u64> = Vec::new();
+        let mut watermarks: HashMap<u64, i64> = HashMap::new();
         let mut ticker = tokio::time::interval(self.interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -117,12 +124,25 @@ impl Router {
                     let Some(command) = command else { break };
                     match command {
                         Command::Change(change) => {
-                            let outlets = match self.registry.read() {
-                                Ok(r) => r.outlets(change.source),
+                            let (outlets, event_time) = match self.registry.read() {
+                                Ok(r) => (r.outlets(change.source), r.event_time.get(&change.source).cloned()),
                                 Err(_) => break,
                             };
+                            let watermark = event_time.and_then(|expr| {
+                                let max = max_event_time(&expr, &change.changes.batch)
+                                    .map_err(|e| tracing::warn!(error = %e, "watermark not computed"))
+                                    .ok()??;
+                                let current = watermarks.entry(change.source).or_insert(i64::MIN);
+                                (max > *current).then(|| {
+                                    *current = max;
+                                    max
+                                })
+                            });
                             for outlet in outlets {
                                 outlet.send(Message::Data(change.changes.clone())).await;
+                                if let Some(w) = watermark {
+                                    outlet.send(Message::Watermark(w)).await;
+                                }
                             }
                             seqs.push(change.seq);
                         }
@@ -207,6 +227,11 @@ pub(crate) async fn run_sink(
                 }
                 for outlet in outlets {
                     outlet.send(Message::Data(changes.clone())).await;
+                }
+            }
+            Message::Watermark(w) => {
+                for outlet in outlets {
+                    outlet.send(Message::Watermark(w)).await;
                 }
             }
             Message::Barrier(epoch) => {
