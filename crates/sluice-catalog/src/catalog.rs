@@ -10,6 +10,7 @@
 //! 0x03 <stream id> <sequence>      -> one INSERT's rows, Arrow IPC stream format
 //! 0x04 <sequence>                  -> a change not yet checkpointed by the dataflow
 //! 0x05 <view id>                   -> why a view stopped (changelog.rs)
+//! 0x06 <source id> <partition>     -> a source's next offset (ingest.rs)
 //! 0x10 <view id> ...                -> the view's operator state (sluice-dataflow)
 //! 0x11 <view id> <arrow-row row>    -> a view's rows, with their multiplicity (i64)
 //! ```
@@ -30,6 +31,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::changelog::{failure_key, ChangeListener, CHANGELOG_PREFIX, FAILURE_PREFIX};
 use crate::changes::RowSource;
 use crate::entry::RelationEntry;
+use crate::ingest::POSITION_PREFIX;
 use crate::rows::RowCodec;
 
 const NEXT_ID_KEY: &[u8] = b"\x00next_id";
@@ -192,6 +194,10 @@ impl Relation {
             RelationKind::Table => self.read_rows(src),
             RelationKind::View => self.read_view_rows(src),
             RelationKind::Stream => Ok(concat_batches(&self.schema, &self.read_log(src)?)?),
+            RelationKind::Sink => Err(SluiceError::WrongObjectType {
+                message: format!("\"{}\" is a sink: it has no rows to read", self.name()),
+                hint: Some("read the relation the sink writes from instead".into()),
+            }),
         }
     }
 
@@ -472,6 +478,26 @@ impl Catalog {
         Ok(Arc::new(Relation::try_new(entry, 0)?))
     }
 
+    /// Builds the relation of a new sink (not yet registered), checking the
+    /// name is free. Call with the writer lock held.
+    pub fn new_sink(
+        &self,
+        name: &str,
+        from: &Relation,
+        options: BTreeMap<String, String>,
+        key: Vec<usize>,
+    ) -> Result<Arc<Relation>> {
+        let inner = self.read()?;
+        if let Some(existing) = inner.relations.get(name) {
+            return Err(SluiceError::DuplicateObject {
+                kind: existing.kind().into(),
+                name: name.to_owned(),
+            });
+        }
+        let entry = RelationEntry::new_sink(inner.next_id, name, &from.entry, options, key)?;
+        Ok(Arc::new(Relation::try_new(entry, 0)?))
+    }
+
     /// Records a view built by [`Self::new_view`] in `txn`; once `txn`
     /// commits, [`Self::publish`] makes it visible.
     pub fn register_view(&self, view: &Relation, txn: &mut StateTxn) -> Result<()> {
@@ -610,6 +636,7 @@ impl Catalog {
                 STATE_PREFIX,
                 VIEW_ROWS_PREFIX,
                 FAILURE_PREFIX,
+                POSITION_PREFIX,
             ] {
                 wb.delete_prefix(key(prefix, id));
             }

@@ -25,7 +25,7 @@ fn take(batch: &RecordBatch, indices: Vec<u32>) -> Result<RecordBatch> {
 }
 
 impl Relation {
-    fn row_key(&self, key_bytes: &[u8]) -> Vec<u8> {
+    pub(crate) fn row_key(&self, key_bytes: &[u8]) -> Vec<u8> {
         let mut k = key(ROWS_PREFIX, self.entry.id);
         k.extend_from_slice(key_bytes);
         k

@@ -177,6 +177,35 @@ impl RelationEntry {
         })
     }
 
+    /// A sink writing the changes of `from` (whose schema it keeps), keyed
+    /// by the columns at `key` for upsert formats.
+    pub fn new_sink(
+        id: u64,
+        name: &str,
+        from: &RelationEntry,
+        options: BTreeMap<String, String>,
+        key: Vec<usize>,
+    ) -> Result<Self> {
+        let schema = from.schema()?;
+        let mut ipc = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut ipc, &schema)?;
+            w.finish()?;
+        }
+        Ok(RelationEntry {
+            id,
+            name: name.to_owned(),
+            kind: RelationKind::Sink,
+            columns: Vec::new(),
+            primary_key: key,
+            watermark: None,
+            options,
+            query: None,
+            view_schema: Some(ipc),
+            depends_on: vec![from.name.clone()],
+        })
+    }
+
     /// The Arrow schema rows of this relation have.
     pub fn schema(&self) -> Result<SchemaRef> {
         if let Some(ipc) = &self.view_schema {

@@ -9,7 +9,10 @@ mod catalog;
 mod changelog;
 mod changes;
 mod entry;
+mod ingest;
 mod options;
+
+pub use options::validate as validate_options;
 mod provider;
 mod rows;
 
@@ -17,5 +20,6 @@ pub use catalog::{Catalog, Created, Relation};
 pub use changelog::{changelog_key, failure_key, ChangeListener, LoggedChange};
 pub use changes::{state_prefix, RowSource};
 pub use entry::{Column, RelationEntry, Watermark};
+pub use ingest::Ingest;
 pub use provider::{RelationTable, SluiceSchema};
 pub use rows::RowCodec;

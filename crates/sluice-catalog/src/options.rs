@@ -1,8 +1,8 @@
 //! Validation of `WITH (...)` options against the connectors that exist.
 //!
-//! A stream or table without `connector` is fed by `INSERT`. No external
-//! connector is built in yet; the list below is where each one registers the
-//! options it accepts.
+//! A stream or table without `connector` is fed by `INSERT`. Each connector
+//! registers the options it accepts below (names only; `sluice-connectors`
+//! checks their values).
 
 use std::collections::BTreeMap;
 
@@ -14,10 +14,23 @@ use sluice_sql::RelationKind;
 struct ConnectorSpec {
     name: &'static str,
     options: &'static [&'static str],
+    /// Options accepted under these prefixes (passed through to a client).
+    prefixes: &'static [&'static str],
 }
 
 /// The connectors that exist.
-const CONNECTORS: &[ConnectorSpec] = &[];
+const CONNECTORS: &[ConnectorSpec] = &[ConnectorSpec {
+    name: "kafka",
+    options: &[
+        "topic",
+        "bootstrap_servers",
+        "format",
+        "scan_startup",
+        "on_error",
+        "dead_letter_topic",
+    ],
+    prefixes: &["properties."],
+}];
 
 /// Checks the options of a `CREATE STREAM|TABLE` and returns them as a map.
 pub fn validate(
@@ -34,12 +47,12 @@ pub fn validate(
             });
         }
     }
-    let accepted: &[&str] = match map.get("connector") {
-        None => &[],
+    let (accepted, prefixes): (&[&str], &[&str]) = match map.get("connector") {
+        None => (&[], &[]),
         Some(connector) => {
             let known: Vec<&str> = CONNECTORS.iter().map(|c| c.name).collect();
             match CONNECTORS.iter().find(|c| c.name == connector.as_str()) {
-                Some(spec) => spec.options,
+                Some(spec) => (spec.options, spec.prefixes),
                 None => {
                     return Err(SluiceError::InvalidOption {
                         message: format!("unknown connector \"{connector}\" for {kind} \"{name}\""),
@@ -56,13 +69,20 @@ pub fn validate(
         }
     };
     for key in map.keys() {
-        if key != "connector" && !accepted.contains(&key.as_str()) {
+        if key != "connector"
+            && !accepted.contains(&key.as_str())
+            && !prefixes
+                .iter()
+                .any(|p| key.starts_with(p) && key.len() > p.len())
+        {
             return Err(SluiceError::InvalidOption {
                 message: format!("unrecognized option \"{key}\" for {kind} \"{name}\""),
                 hint: Some(if accepted.is_empty() {
                     "without a connector, a stream or table takes no options".to_owned()
                 } else {
-                    format!("accepted options: {}", accepted.join(", "))
+                    let mut all: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
+                    all.extend(prefixes.iter().map(|p| format!("{p}*")));
+                    format!("accepted options: {}", all.join(", "))
                 }),
             });
         }
@@ -86,9 +106,26 @@ mod tests {
         assert!(validate(RelationKind::Stream, "s", &[])
             .expect("ok")
             .is_empty());
-        let e = validate(RelationKind::Stream, "s", &opts(&[("connector", "kafka")])).unwrap_err();
+        let e = validate(RelationKind::Stream, "s", &opts(&[("connector", "kafkaa")])).unwrap_err();
         assert_eq!(e.sqlstate(), "22023");
-        assert!(e.to_string().contains("unknown connector \"kafka\""));
+        assert!(e.to_string().contains("unknown connector \"kafkaa\""));
+        assert!(validate(
+            RelationKind::Stream,
+            "s",
+            &opts(&[
+                ("connector", "kafka"),
+                ("topic", "t"),
+                ("properties.acks", "all")
+            ])
+        )
+        .is_ok());
+        let e = validate(
+            RelationKind::Stream,
+            "s",
+            &opts(&[("connector", "kafka"), ("topik", "t")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unrecognized option \"topik\""));
         let e = validate(RelationKind::Table, "t", &opts(&[("topic", "x")])).unwrap_err();
         assert!(e.to_string().contains("unrecognized option \"topic\""));
         let e = validate(RelationKind::Table, "t", &opts(&[("a", "1"), ("a", "2")])).unwrap_err();

@@ -38,22 +38,43 @@ fn df(e: SluiceError) -> DataFusionError {
 #[derive(Debug)]
 pub struct SluiceSchema {
     catalog: Arc<Catalog>,
+    /// Tables Sluice itself provides (`sluice_sources`), by name.
+    system: std::sync::RwLock<std::collections::BTreeMap<String, Arc<dyn TableProvider>>>,
 }
 
 impl SluiceSchema {
     /// A schema provider over `catalog`.
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        SluiceSchema { catalog }
+        SluiceSchema {
+            catalog,
+            system: Default::default(),
+        }
+    }
+
+    /// Adds a read-only system table.
+    pub fn register_system_table(&self, name: &str, table: Arc<dyn TableProvider>) {
+        if let Ok(mut system) = self.system.write() {
+            system.insert(name.to_owned(), table);
+        }
+    }
+
+    fn system_table(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
+        self.system.read().ok().and_then(|s| s.get(name).cloned())
     }
 }
 
 #[async_trait]
 impl SchemaProvider for SluiceSchema {
     fn table_names(&self) -> Vec<String> {
+        // System tables resolve by name but are not listed (like
+        // Postgres' catalogs, they are not the user's tables).
         self.catalog.names().unwrap_or_default()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(table) = self.system_table(name) {
+            return Ok(Some(table));
+        }
         let relation = self.catalog.get(name).map_err(df)?;
         Ok(relation.map(|relation| {
             Arc::new(RelationTable {
@@ -64,7 +85,7 @@ impl SchemaProvider for SluiceSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        matches!(self.catalog.get(name), Ok(Some(_)))
+        self.system_table(name).is_some() || matches!(self.catalog.get(name), Ok(Some(_)))
     }
 }
 

@@ -47,6 +47,18 @@ impl RowCodec {
         Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 
+    /// The encoded key of every row, given the key columns alone (in key
+    /// order).
+    pub fn encode_key_columns(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+        let rows = self.keys.convert_columns(columns)?;
+        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+
+    /// The positions of the key columns in a row.
+    pub fn key_indices(&self) -> &[usize] {
+        &self.key_indices
+    }
+
     /// The encoded value (all columns) of every row of `batch`.
     pub fn encode_values(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let rows = self.values.convert_columns(batch.columns())?;

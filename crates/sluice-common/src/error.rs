@@ -22,6 +22,8 @@ pub enum ObjectKind {
     Table,
     /// A `CREATE MATERIALIZED VIEW` object.
     View,
+    /// A `CREATE SINK` object.
+    Sink,
     /// Any relation, when the statement did not say which kind it expected.
     Relation,
 }
@@ -32,6 +34,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Stream => "stream",
             ObjectKind::Table => "table",
             ObjectKind::View => "materialized view",
+            ObjectKind::Sink => "sink",
             ObjectKind::Relation => "relation",
         })
     }

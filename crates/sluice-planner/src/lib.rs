@@ -73,6 +73,11 @@ impl std::fmt::Debug for Dataflow {
     }
 }
 
+/// Starts a task that takes the changes of a relation (a sink): it gets
+/// its inbox and its environment, reports at every barrier, and may delay
+/// a checkpoint until what it wrote out is safe.
+pub type SpawnSink = Box<dyn FnOnce(runtime::Inbox, TaskEnv) -> JoinHandle<()> + Send>;
+
 /// While held, the router is paused with nothing in flight; dropping it
 /// resumes.
 struct Paused {
@@ -136,13 +141,24 @@ impl Dataflow {
         Ok((root, builder.depends_on))
     }
 
-    /// Re-plans every stored view (after a restart), in creation order,
-    /// starts them, and replays the changes no checkpoint covered.
-    pub async fn load(&self) -> Result<()> {
+    /// Re-plans every stored view (after a restart) and re-attaches every
+    /// sink (`sinks` starts its task), in creation order, then replays the
+    /// changes no checkpoint covered.
+    pub async fn load(
+        &self,
+        sinks: &(dyn Fn(&Arc<Relation>) -> Result<SpawnSink> + Send + Sync),
+    ) -> Result<()> {
         let mut views = self.catalog.list(RelationKind::View)?;
+        views.extend(self.catalog.list(RelationKind::Sink)?);
         views.sort_by_key(|v| v.entry().id);
         for relation in views {
             if relation.failure().is_some() {
+                continue;
+            }
+            if relation.kind() == RelationKind::Sink {
+                let from = self.sink_input(&relation)?;
+                let spawn = sinks(&relation)?;
+                self.attach(relation, from.entry().id, spawn, None).await?;
                 continue;
             }
             let Some(sql) = relation.entry().query.clone() else {
@@ -209,7 +225,7 @@ impl Dataflow {
                         None => false,
                     },
                     RelationKind::View => registry.views.get(&source).is_some_and(|v| v.carries),
-                    RelationKind::Table => false,
+                    RelationKind::Table | RelationKind::Sink => false,
                 };
                 carries.insert(source, carried);
             }
@@ -247,6 +263,141 @@ impl Dataflow {
             },
         );
         Ok(())
+    }
+
+    fn sink_input(&self, sink: &Relation) -> Result<Arc<Relation>> {
+        let name = sink
+            .entry()
+            .depends_on
+            .first()
+            .ok_or_else(|| SluiceError::internal("a sink without its input"))?;
+        self.catalog
+            .get(name)?
+            .ok_or_else(|| SluiceError::internal("a sink's input vanished"))
+    }
+
+    /// Runs a sink's task on the changes of relation `from`, first handing
+    /// it `snapshot` (the relation's current rows) if given.
+    async fn attach(
+        &self,
+        relation: Arc<Relation>,
+        from: u64,
+        spawn: SpawnSink,
+        snapshot: Option<datafusion::arrow::array::RecordBatch>,
+    ) -> Result<()> {
+        let id = relation.entry().id;
+        let env = TaskEnv {
+            store: self.catalog.store().clone(),
+            session: self.ctx.clone(),
+            reports: self.reports.clone(),
+            committed: self.committed.clone(),
+            view: id,
+            cache_bytes: self.options.operator_cache_bytes,
+        };
+        let (outlet, inbox) = runtime::inbox();
+        let task = spawn(inbox, env);
+        if let Some(rows) = snapshot.filter(|r| r.num_rows() > 0) {
+            outlet
+                .send(runtime::Message::Data(ChangeBatch::inserts(rows)))
+                .await;
+        }
+        let mut registry = self.registry.write().map_err(|_| poisoned())?;
+        registry.inlets.entry(from).or_default().push((id, outlet));
+        registry.views.insert(
+            id,
+            LiveView {
+                tasks: vec![task],
+                nodes: 1,
+                carries: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The columns that identify a row of `relation`, if it has such: a
+    /// table's primary key, the GROUP BY columns of an aggregate view (as
+    /// DataFusion's functional dependencies tell).
+    pub async fn unique_key(&self, relation: &Relation) -> Result<Option<Vec<usize>>> {
+        match relation.kind() {
+            RelationKind::Table => Ok(Some(relation.entry().primary_key.clone())),
+            RelationKind::View => {
+                let Some(sql) = relation.entry().query.clone() else {
+                    return Ok(None);
+                };
+                let Some(sluice_sql::Statement::Sql(s)) = sluice_sql::parse(&sql)?.pop() else {
+                    return Ok(None);
+                };
+                let ast::Statement::Query(query) = *s else {
+                    return Ok(None);
+                };
+                let plan = self.logical_plan(&query).await?;
+                let n = plan.schema().fields().len();
+                Ok(plan
+                    .schema()
+                    .functional_dependencies()
+                    .iter()
+                    .filter(|d| {
+                        d.mode == datafusion::common::Dependency::Single
+                            && d.target_indices.len() == n
+                            && !d.source_indices.is_empty()
+                    })
+                    .map(|d| d.source_indices.clone())
+                    .min_by_key(Vec::len))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `CREATE SINK`: records the sink, hands its task the current rows of
+    /// its input (a table or view; a stream's sink starts with new events)
+    /// and then every change.
+    pub async fn create_sink(
+        &self,
+        create: &sluice_sql::CreateSink,
+        key: Vec<usize>,
+        spawn: SpawnSink,
+    ) -> Result<Created> {
+        let _writer = self.catalog.lock_writes().await;
+        if let Some(existing) = self.catalog.get(&create.name)? {
+            if create.if_not_exists && existing.kind() == RelationKind::Sink {
+                return Ok(Created::AlreadyExisted);
+            }
+            return Err(SluiceError::DuplicateObject {
+                kind: existing.kind().into(),
+                name: create.name.clone(),
+            });
+        }
+        let from = self
+            .catalog
+            .get(&create.from)?
+            .ok_or_else(|| SluiceError::UndefinedObject {
+                kind: sluice_common::ObjectKind::Relation,
+                name: create.from.clone(),
+            })?;
+        if from.kind() == RelationKind::Sink {
+            return Err(SluiceError::WrongObjectType {
+                message: format!(
+                    "\"{}\" is a sink: a sink reads a stream, table or view",
+                    from.name()
+                ),
+                hint: None,
+            });
+        }
+        from.check_not_failed()?;
+        let options = create.options.iter().cloned().collect();
+        let relation = self.catalog.new_sink(&create.name, &from, options, key)?;
+        let _paused = self.pause().await?;
+        let snapshot = match from.kind() {
+            RelationKind::Stream => None,
+            _ => Some(from.read_contents(self.catalog.store())?),
+        };
+        let mut txn = StateTxn::new(self.catalog.store().clone());
+        self.catalog.register_view(&relation, &mut txn)?;
+        self.catalog.commit(txn).await?;
+        self.catalog.publish(relation.clone())?;
+        self.attach(relation, from.entry().id, spawn, snapshot)
+            .await?;
+        Ok(Created::New)
     }
 
     /// A stream's `WATERMARK FOR` expression, ready to evaluate.

@@ -96,7 +96,7 @@ impl<'a> Builder<'a> {
             LogicalPlan::TableScan(scan) => {
                 let name = scan.table_name.table().to_owned();
                 let relation = match (scan.table_name.schema(), self.catalog.get(&name)?) {
-                    (None | Some("public"), Some(r)) => r,
+                    (None | Some("public"), Some(r)) if r.kind() != RelationKind::Sink => r,
                     _ => {
                         return Err(unsupported(
                             format!("a materialized view over \"{}\"", scan.table_name),

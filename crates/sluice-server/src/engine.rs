@@ -20,6 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sluice_catalog::{Catalog, SluiceSchema};
 use sluice_common::{Result, SluiceError};
+use sluice_connectors::{Sources, SourcesTable};
 use sluice_planner::{Dataflow, DataflowOptions};
 use sluice_sql::Statement;
 use sluice_state::StateBackend;
@@ -77,6 +78,7 @@ pub struct Prepared {
 pub struct Engine {
     catalog: Arc<Catalog>,
     dataflow: Arc<Dataflow>,
+    sources: Arc<Sources>,
     ctx: SessionContext,
     pg_rewriter: PostgresCompatibilityParser,
 }
@@ -97,16 +99,45 @@ impl Engine {
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         let provider = MemoryCatalogProvider::new();
-        provider.register_schema("public", Arc::new(SluiceSchema::new(catalog.clone())))?;
+        let schema = Arc::new(SluiceSchema::new(catalog.clone()));
+        let sources = Sources::new(catalog.clone());
+        schema.register_system_table(
+            "sluice_sources",
+            Arc::new(SourcesTable::new(sources.clone())),
+        );
+        schema.register_system_table(
+            "sluice_sinks",
+            Arc::new(SourcesTable::sinks(sources.clone())),
+        );
+        provider.register_schema("public", schema)?;
         ctx.register_catalog(DATABASE, Arc::new(provider));
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| SluiceError::from(*e))?;
         let dataflow = Dataflow::new(catalog.clone(), ctx.clone(), options);
-        dataflow.load().await?;
+        let sinks = sources.clone();
+        let lookup = catalog.clone();
+        dataflow
+            .load(&move |sink| {
+                let from = sink
+                    .entry()
+                    .depends_on
+                    .first()
+                    .and_then(|name| lookup.get(name).ok().flatten())
+                    .ok_or_else(|| SluiceError::internal("a sink's input vanished"))?;
+                sinks.sink(
+                    sink.name(),
+                    &sink.entry().options,
+                    sink.entry().primary_key.clone(),
+                    from.kind(),
+                )
+            })
+            .await?;
         catalog.set_listener(Some(dataflow.clone()))?;
+        sources.start_all()?;
         Ok(Engine {
             catalog,
             dataflow,
+            sources,
             ctx,
             pg_rewriter: PostgresCompatibilityParser::new(),
         })
@@ -115,7 +146,13 @@ impl Engine {
     /// Stops the views' tasks after a last checkpoint, so that the state
     /// store closes when the engine is dropped.
     pub async fn shutdown(&self) {
+        self.sources.shutdown().await;
         self.dataflow.shutdown().await;
+    }
+
+    /// The running sources.
+    pub fn sources(&self) -> &Arc<Sources> {
+        &self.sources
     }
 
     /// The catalog.

@@ -21,6 +21,8 @@ pub enum Statement {
     ShowRelations(RelationKind),
     /// `CREATE MATERIALIZED VIEW`.
     CreateView(Box<CreateView>),
+    /// `CREATE SINK name FROM relation WITH (...)`.
+    CreateSink(Box<CreateSink>),
     /// `EXPLAIN CREATE MATERIALIZED VIEW`: the operator graph, not created.
     ExplainCreateView(Box<CreateView>),
     /// `DESCRIBE name`.
@@ -42,6 +44,8 @@ pub enum RelationKind {
     Table,
     /// A query kept up to date incrementally.
     View,
+    /// The changes of a stream, table or view, written out (to Kafka).
+    Sink,
 }
 
 impl RelationKind {
@@ -51,6 +55,7 @@ impl RelationKind {
             RelationKind::Stream => "stream",
             RelationKind::Table => "table",
             RelationKind::View => "materialized view",
+            RelationKind::Sink => "sink",
         }
     }
 }
@@ -67,6 +72,7 @@ impl From<RelationKind> for sluice_common::ObjectKind {
             RelationKind::Stream => sluice_common::ObjectKind::Stream,
             RelationKind::Table => sluice_common::ObjectKind::Table,
             RelationKind::View => sluice_common::ObjectKind::View,
+            RelationKind::Sink => sluice_common::ObjectKind::Sink,
         }
     }
 }
@@ -109,6 +115,19 @@ pub struct WatermarkDef {
     pub column: String,
     /// The watermark expression over that column.
     pub expr: ast::Expr,
+}
+
+/// `CREATE SINK [IF NOT EXISTS] name FROM relation WITH (...)`.
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    /// The name (normalized).
+    pub name: String,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The stream, table or view whose changes it writes.
+    pub from: String,
+    /// `WITH (key = value, ...)`, keys lower-cased, values as text.
+    pub options: Vec<(String, String)>,
 }
 
 /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query`.

@@ -7,6 +7,8 @@ pub mod naming;
 pub mod parser;
 pub mod types;
 
-pub use ast::{ColumnDef, CreateRelation, CreateView, Drop, RelationKind, Statement, WatermarkDef};
+pub use ast::{
+    ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,
+};
 pub use parser::{normalize_ident, object_name, parse};
 pub use types::SqlType;

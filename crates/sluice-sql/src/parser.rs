@@ -10,7 +10,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use sluice_common::{Result, SluiceError};
 
 use crate::ast::{
-    ColumnDef, CreateRelation, CreateView, Drop, RelationKind, Statement, WatermarkDef,
+    ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,
 };
 use crate::types::SqlType;
 
@@ -102,6 +102,32 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
         };
         return parse_create_relation(parser, kind);
     }
+    if peek_words(parser, &["create", "sink"]) {
+        parser.next_token();
+        parser.next_token();
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = object_name(&parser.parse_object_name(false)?)?;
+        parser.expect_keyword_is(Keyword::FROM)?;
+        let from = object_name(&parser.parse_object_name(false)?)?;
+        parser.expect_keyword_is(Keyword::WITH)?;
+        parser.prev_token();
+        let options = parser
+            .parse_options(Keyword::WITH)?
+            .iter()
+            .map(option)
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Statement::CreateSink(Box::new(CreateSink {
+            name,
+            if_not_exists,
+            from,
+            options,
+        })));
+    }
+    if peek_words(parser, &["show", "sinks"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(Statement::ShowRelations(RelationKind::Sink));
+    }
     if peek_words(parser, &["create", "materialized", "view"]) {
         return Ok(Statement::CreateView(Box::new(parse_create_view(parser)?)));
     }
@@ -120,12 +146,15 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
     if peek_words(parser, &["drop", "stream"])
         || peek_words(parser, &["drop", "table"])
         || peek_words(parser, &["drop", "materialized", "view"])
+        || peek_words(parser, &["drop", "sink"])
     {
         parser.next_token();
         let kind = if next_word(parser, "stream") {
             RelationKind::Stream
         } else if next_word(parser, "table") {
             RelationKind::Table
+        } else if next_word(parser, "sink") {
+            RelationKind::Sink
         } else {
             parser.next_token();
             parser.next_token();

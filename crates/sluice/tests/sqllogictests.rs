@@ -19,7 +19,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, differential, drivers, slt};
+use harness::{crash, differential, drivers, kafka, slt};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 4] = [
+        let scenarios: [(&str, Scenario); 6] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -105,6 +105,13 @@ fn main() {
             }),
             ("crash: kill -9 loses nothing", || {
                 Box::pin(crash::kill_9_loses_nothing())
+            }),
+            (
+                "kafka: json and upsert sources, dead letters, restart",
+                || Box::pin(kafka::sources_read_json_and_upserts()),
+            ),
+            ("kafka: on_error skip and fail", || {
+                Box::pin(kafka::on_error_skip_and_fail())
             }),
         ];
         for (name, scenario) in scenarios {

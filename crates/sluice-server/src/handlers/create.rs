@@ -1,12 +1,25 @@
-//! `CREATE STREAM` / `CREATE TABLE`.
+//! `CREATE STREAM` / `CREATE TABLE`, and the start of its source when it
+//! has a connector.
 
-use sluice_common::Result;
+use std::collections::BTreeMap;
+
+use sluice_common::{Result, SluiceError};
+use sluice_connectors::Sources;
 use sluice_sql::CreateRelation;
 
 use crate::engine::{Engine, Output};
 
 pub async fn execute(engine: &Engine, create: &CreateRelation) -> Result<Output> {
-    engine.catalog().create(create).await?;
+    let options: BTreeMap<String, String> =
+        sluice_catalog::validate_options(create.kind, &create.name, &create.options)?;
+    Sources::check(create.kind, &create.name, &options)?;
+    if engine.catalog().create(create).await? == sluice_catalog::Created::New {
+        let relation = engine
+            .catalog()
+            .get(&create.name)?
+            .ok_or_else(|| SluiceError::internal("a created relation vanished"))?;
+        engine.sources().start(relation)?;
+    }
     Ok(Output::command(&format!(
         "CREATE {}",
         create.kind.keyword().to_uppercase()

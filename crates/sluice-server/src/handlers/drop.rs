@@ -8,7 +8,9 @@ use sluice_sql::Drop;
 use crate::engine::{Engine, Output};
 
 pub async fn execute(engine: &Engine, drop: &Drop) -> Result<Output> {
-    engine.dataflow().drop_relations(drop).await?;
+    for dropped in engine.dataflow().drop_relations(drop).await? {
+        engine.sources().stop(&dropped).await;
+    }
     Ok(Output::command(&format!(
         "DROP {}",
         drop.kind.keyword().to_uppercase()

@@ -2,6 +2,7 @@
 //! not come here (see [`crate::engine`]).
 
 mod create;
+mod create_sink;
 mod create_view;
 mod describe;
 mod drop;
@@ -23,6 +24,7 @@ pub async fn execute(engine: &Engine, statement: &Statement) -> Result<Output> {
     match statement {
         Statement::CreateRelation(create) => create::execute(engine, create).await,
         Statement::CreateView(create) => create_view::execute(engine, create).await,
+        Statement::CreateSink(create) => create_sink::execute(engine, create).await,
         Statement::ExplainCreateView(create) => create_view::explain(engine, create).await,
         Statement::Drop(drop) => drop::execute(engine, drop).await,
         Statement::ShowRelations(kind) => show::execute(engine, *kind),

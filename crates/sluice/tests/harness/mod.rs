@@ -4,6 +4,7 @@
 pub mod crash;
 pub mod differential;
 pub mod drivers;
+pub mod kafka;
 pub mod server;
 pub mod slt;
 pub mod values;

@@ -1,0 +1,123 @@
+//! What a source connector writes: batches of rows read from outside, and
+//! the source's position (its Kafka offsets) in the same transaction, so
+//! that after a crash it resumes exactly after the last rows it wrote.
+//!
+//! Positions live under 0x06 <relation id> <partition i32>.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use sluice_common::{ChangeBatch, Result, SluiceError};
+use sluice_state::StateTxn;
+
+use crate::catalog::{key, Catalog, Relation};
+
+/// Key prefix of source positions.
+pub(crate) const POSITION_PREFIX: u8 = 0x06;
+
+/// One part of what a source read, applied in order.
+#[derive(Debug, Clone)]
+pub enum Ingest {
+    /// Events for a stream.
+    Append(RecordBatch),
+    /// Rows for a table, replacing the rows of the same keys.
+    Upsert(RecordBatch),
+    /// Keys of a table to delete: the primary key columns, in key order.
+    DeleteKeys(RecordBatch),
+}
+
+fn position_key(relation: u64, partition: i32) -> Vec<u8> {
+    let mut k = key(POSITION_PREFIX, relation);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+impl Relation {
+    /// Deletes the rows of these keys (the primary key columns, in key
+    /// order) that exist and returns the change (the deleted rows,
+    /// retracted).
+    pub fn delete_keys(&self, txn: &mut StateTxn, keys: &RecordBatch) -> Result<ChangeBatch> {
+        let mut full: Vec<Vec<u8>> = Vec::with_capacity(keys.num_rows());
+        for k in self.codec.encode_key_columns(keys.columns())? {
+            let k = self.row_key(&k);
+            if !full.contains(&k) {
+                full.push(k);
+            }
+        }
+        let old = txn.multi_get(&full)?;
+        let mut retracted = Vec::new();
+        for (k, old) in full.into_iter().zip(old) {
+            if let Some(old) = old {
+                txn.delete(k);
+                retracted.push(old);
+            }
+        }
+        let rows = self
+            .codec
+            .decode_values(retracted.iter().map(Vec::as_slice))?;
+        let n = rows.num_rows();
+        Ok(ChangeBatch::new(rows, vec![-1; n]))
+    }
+}
+
+impl Catalog {
+    /// Writes what a source read, with its new position (partition -> next
+    /// offset), in one durable transaction, and hands the change to the
+    /// views.
+    pub async fn ingest(
+        &self,
+        relation: &Arc<Relation>,
+        parts: Vec<Ingest>,
+        position: &BTreeMap<i32, i64>,
+    ) -> Result<()> {
+        let _writer = self.lock_writes().await;
+        // The relation may have been dropped while the source was reading.
+        match self.get_by_id(relation.entry().id)? {
+            Some(r) if Arc::ptr_eq(&r, relation) => {}
+            _ => {
+                return Err(SluiceError::UndefinedObject {
+                    kind: relation.kind().into(),
+                    name: relation.name().to_owned(),
+                })
+            }
+        }
+        let mut txn = StateTxn::new(self.store().clone());
+        let mut changes = Vec::with_capacity(parts.len());
+        for part in parts {
+            changes.push(match part {
+                Ingest::Append(batch) => relation.append(&mut txn, &batch)?,
+                Ingest::Upsert(batch) => relation.upsert(&mut txn, &batch)?,
+                Ingest::DeleteKeys(batch) => relation.delete_keys(&mut txn, &batch)?,
+            });
+        }
+        for (partition, offset) in position {
+            txn.put(
+                position_key(relation.entry().id, *partition),
+                offset.to_be_bytes().to_vec(),
+            );
+        }
+        self.commit_changes(txn, relation, changes).await
+    }
+
+    /// A source's stored position: partition -> next offset to read.
+    pub fn source_position(&self, relation: u64) -> Result<BTreeMap<i32, i64>> {
+        let prefix = key(POSITION_PREFIX, relation);
+        let mut out = BTreeMap::new();
+        for (k, v) in self.store().scan_prefix(&prefix)? {
+            let corrupt = || SluiceError::Storage("corrupt source position".to_owned());
+            let partition = k
+                .get(prefix.len()..)
+                .and_then(|p| p.try_into().ok())
+                .map(i32::from_be_bytes)
+                .ok_or_else(corrupt)?;
+            let offset = v
+                .as_slice()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| corrupt())?;
+            out.insert(partition, offset);
+        }
+        Ok(out)
+    }
+}

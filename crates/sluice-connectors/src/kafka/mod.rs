@@ -1,0 +1,5 @@
+//! Kafka, through rdkafka (librdkafka).
+
+pub mod options;
+pub mod sink;
+pub(crate) mod source;

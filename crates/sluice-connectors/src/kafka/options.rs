@@ -1,0 +1,333 @@
+//! The `WITH (connector = 'kafka', ...)` options of a stream or table, and
+//! of a sink, checked and typed.
+
+use std::collections::BTreeMap;
+
+use sluice_common::{Result, SluiceError};
+use sluice_sql::RelationKind;
+
+/// How records are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per record.
+    Json,
+    /// One CSV line per record, columns in declaration order, no header.
+    Csv,
+    /// Tables: the Kafka key holds the primary key (a JSON object, or the
+    /// bare value of a one-column key), the value the row; a null value
+    /// deletes the key. Sinks: keyed records, a tombstone per delete.
+    UpsertJson,
+}
+
+/// Where a source starts when it has no stored position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    /// The oldest record of each partition.
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+    /// The first record at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+}
+
+/// What a source does with a record it cannot decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnError {
+    /// Count it, log it at WARN and go on.
+    Skip,
+    /// Stop the source (the error shows in `sluice_sources`).
+    Fail,
+    /// Send the raw record, the error and its coordinates to this topic.
+    DeadLetter(String),
+}
+
+/// The options of a Kafka source.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// The topic (all its partitions are read).
+    pub topic: String,
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// How records are encoded.
+    pub format: Format,
+    /// Where to start without a stored position.
+    pub startup: Startup,
+    /// What to do with bad records.
+    pub on_error: OnError,
+    /// `properties.*`, passed to the client as is.
+    pub properties: Vec<(String, String)>,
+}
+
+/// The options of a Kafka sink.
+#[derive(Debug, Clone)]
+pub struct KafkaSink {
+    /// The topic written to.
+    pub topic: String,
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// `json` (every change as a row with an `op` field) or `upsert_json`.
+    pub format: Format,
+    /// `properties.*`, passed to the client as is.
+    pub properties: Vec<(String, String)>,
+}
+
+fn invalid(message: String, hint: &str) -> SluiceError {
+    SluiceError::InvalidOption {
+        message,
+        hint: Some(hint.to_owned()),
+    }
+}
+
+/// Topic, bootstrap servers and client properties.
+type Common = (String, String, Vec<(String, String)>);
+
+fn common(options: &BTreeMap<String, String>, what: &str) -> Result<Common> {
+    let topic = options
+        .get("topic")
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            invalid(
+                format!("{what} needs option \"topic\""),
+                "add topic = 'name' to WITH (...)",
+            )
+        })?;
+    let bootstrap_servers = options
+        .get("bootstrap_servers")
+        .cloned()
+        .unwrap_or_else(|| "localhost:9092".to_owned());
+    let properties = options
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("properties.")
+                .map(|k| (k.to_owned(), v.clone()))
+        })
+        .collect();
+    Ok((topic, bootstrap_servers, properties))
+}
+
+/// Parses a timestamp option: milliseconds since the epoch, or a
+/// `YYYY-MM-DD HH:MM:SS[.fff]` / RFC 3339 time (UTC).
+fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let nanos =
+        datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(text).ok()?;
+    Some(nanos / 1_000_000)
+}
+
+impl KafkaSource {
+    /// Checks the options of `CREATE STREAM|TABLE name ... WITH (...)`.
+    pub fn parse(
+        kind: RelationKind,
+        name: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let what = format!("{kind} \"{name}\"");
+        let (topic, bootstrap_servers, properties) = common(options, &what)?;
+        let format = match (options.get("format").map(String::as_str), kind) {
+            (None | Some("json"), RelationKind::Stream) => Format::Json,
+            (Some("csv"), RelationKind::Stream) => Format::Csv,
+            (None | Some("json" | "upsert_json"), RelationKind::Table) => Format::UpsertJson,
+            (Some("upsert_json"), _) => {
+                return Err(invalid(
+                    format!("format \"upsert_json\" needs a table, but \"{name}\" is a {kind}"),
+                    "declare keyed data as a TABLE with a PRIMARY KEY",
+                ))
+            }
+            (Some("csv"), _) => {
+                return Err(invalid(
+                    format!("format \"csv\" is for streams, but \"{name}\" is a {kind}"),
+                    "a table reads upsert_json: the Kafka key is the primary key",
+                ))
+            }
+            (Some(other), RelationKind::Stream | RelationKind::Table) => {
+                return Err(invalid(
+                    format!("unknown format \"{other}\" for {what}"),
+                    "formats: json, csv (streams), upsert_json (tables)",
+                ))
+            }
+            (_, RelationKind::View | RelationKind::Sink) => {
+                return Err(invalid(
+                    format!("a Kafka source feeds a stream or a table, not a {kind}"),
+                    "declare a STREAM or TABLE WITH (connector = 'kafka', ...)",
+                ))
+            }
+        };
+        let startup = match options.get("scan_startup").map(String::as_str) {
+            None | Some("earliest") => Startup::Earliest,
+            Some("latest") => Startup::Latest,
+            Some(other) => Startup::Timestamp(parse_time(other).ok_or_else(|| {
+                invalid(
+                    format!("invalid scan_startup \"{other}\" for {what}"),
+                    "use 'earliest', 'latest', or a time such as '2024-05-01 10:00:00' \
+                     or milliseconds since 1970",
+                )
+            })?),
+        };
+        let on_error = match options.get("on_error").map(String::as_str) {
+            None | Some("skip") => OnError::Skip,
+            Some("fail") => OnError::Fail,
+            Some("dead_letter") => match options.get("dead_letter_topic") {
+                Some(t) if !t.is_empty() => OnError::DeadLetter(t.clone()),
+                _ => return Err(invalid(
+                    format!(
+                        "on_error = 'dead_letter' needs option \"dead_letter_topic\" for {what}"
+                    ),
+                    "add dead_letter_topic = 'name' to WITH (...)",
+                )),
+            },
+            Some(other) => {
+                return Err(invalid(
+                    format!("unknown on_error \"{other}\" for {what}"),
+                    "on_error is 'skip' (the default), 'fail' or 'dead_letter'",
+                ))
+            }
+        };
+        if options.contains_key("dead_letter_topic") && !matches!(on_error, OnError::DeadLetter(_))
+        {
+            return Err(invalid(
+                format!("dead_letter_topic is set but on_error is not 'dead_letter' for {what}"),
+                "add on_error = 'dead_letter'",
+            ));
+        }
+        Ok(KafkaSource {
+            topic,
+            bootstrap_servers,
+            format,
+            startup,
+            on_error,
+            properties,
+        })
+    }
+}
+
+/// The options a sink accepts.
+pub const SINK_OPTIONS: &[&str] = &[
+    "connector",
+    "topic",
+    "bootstrap_servers",
+    "format",
+    "primary_key",
+];
+
+impl KafkaSink {
+    /// Checks the options of `CREATE SINK name FROM ... WITH (...)`.
+    pub fn parse(name: &str, options: &BTreeMap<String, String>) -> Result<Self> {
+        let what = format!("sink \"{name}\"");
+        match options.get("connector").map(String::as_str) {
+            Some("kafka") => {}
+            Some(other) => {
+                return Err(invalid(
+                    format!("unknown connector \"{other}\" for {what}"),
+                    "available connectors: kafka",
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    format!("{what} needs option \"connector\""),
+                    "add connector = 'kafka' to WITH (...)",
+                ))
+            }
+        }
+        for key in options.keys() {
+            if !SINK_OPTIONS.contains(&key.as_str()) && !key.starts_with("properties.") {
+                return Err(invalid(
+                    format!("unrecognized option \"{key}\" for {what}"),
+                    "accepted options: connector, topic, bootstrap_servers, format, primary_key, \
+                     properties.*",
+                ));
+            }
+        }
+        let (topic, bootstrap_servers, properties) = common(options, &what)?;
+        let format = match options.get("format").map(String::as_str) {
+            None | Some("json") => Format::Json,
+            Some("upsert_json") => Format::UpsertJson,
+            Some(other) => {
+                return Err(invalid(
+                    format!("unknown format \"{other}\" for {what}"),
+                    "sink formats: json (every change, with an op field), upsert_json (keyed, tombstones on delete)",
+                ))
+            }
+        };
+        Ok(KafkaSink {
+            topic,
+            bootstrap_servers,
+            format,
+            properties,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn source_options_are_checked() {
+        let s = KafkaSource::parse(
+            RelationKind::Stream,
+            "s",
+            &opts(&[
+                ("topic", "t"),
+                ("scan_startup", "2024-05-01 10:00:00"),
+                ("properties.fetch.min.bytes", "1"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.format, Format::Json);
+        assert_eq!(s.startup, Startup::Timestamp(1_714_557_600_000));
+        assert_eq!(
+            s.properties,
+            vec![("fetch.min.bytes".to_owned(), "1".to_owned())]
+        );
+        let t =
+            KafkaSource::parse(RelationKind::Table, "t", &opts(&[("topic", "t")])).expect("valid");
+        assert_eq!(t.format, Format::UpsertJson);
+        for (kind, bad, needle) in [
+            (RelationKind::Stream, vec![], "needs option \"topic\""),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("format", "upsert_json")],
+                "needs a table",
+            ),
+            (
+                RelationKind::Table,
+                vec![("topic", "t"), ("format", "csv")],
+                "is for streams",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("format", "avro")],
+                "unknown format",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("scan_startup", "yesterday")],
+                "invalid scan_startup",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("on_error", "dead_letter")],
+                "needs option \"dead_letter_topic\"",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("on_error", "ignore")],
+                "unknown on_error",
+            ),
+        ] {
+            let e = KafkaSource::parse(kind, "s", &opts(&bad)).expect_err(needle);
+            assert_eq!(e.sqlstate(), "22023");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! A Kafka source: reads every partition of a topic from the position
+//! stored with the rows it wrote (or from `scan_startup`), decodes each
+//! poll's records into one Arrow batch, and writes rows and position in one
+//! transaction, so a restart continues exactly where it was.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat, take, take_record_batch};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice_catalog::{Catalog, Ingest, Relation};
+use sluice_common::{Result, SluiceError};
+
+use crate::decode::{decode, key_record, project, with_columns, Encoding};
+use crate::kafka::options::{Format, KafkaSource, OnError, Startup};
+use crate::status::SourceStatus;
+
+/// Records that could not be read: index in the poll, and why.
+type BadRecords = Vec<(usize, String)>;
+/// What to write, and the bad records.
+type Converted = (Vec<Ingest>, BadRecords);
+
+/// At most this many records go into one transaction.
+const MAX_BATCH: usize = 10_000;
+/// How long a poll waits for more records after the first.
+const LINGER: Duration = Duration::from_millis(20);
+
+fn kafka(e: rdkafka::error::KafkaError) -> SluiceError {
+    SluiceError::Storage(format!("kafka: {e}"))
+}
+
+pub(crate) fn client_config(servers: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", servers);
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Reads the source until it fails (with `on_error = 'fail'`), its relation
+/// is dropped, or the task is stopped; client errors are retried.
+pub(crate) async fn run(
+    catalog: Arc<Catalog>,
+    relation: Arc<Relation>,
+    options: KafkaSource,
+    status: Arc<SourceStatus>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match read(&catalog, &relation, &options, &status).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(source = %relation.name(), error = %e, "kafka source error; retrying");
+                status.set_state(format!("retrying: {e}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn partitions(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<Vec<i32>> {
+    let c = consumer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<Vec<i32>> {
+        let metadata = c
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map_err(kafka)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect())
+    })
+    .await
+    .map_err(|e| SluiceError::internal(format!("metadata task: {e}")))?
+}
+
+async fn read(
+    catalog: &Arc<Catalog>,
+    relation: &Arc<Relation>,
+    options: &KafkaSource,
+    status: &Arc<SourceStatus>,
+) -> Result<()> {
+    let mut config = client_config(&options.bootstrap_servers, &options.properties);
+    config
+        .set("group.id", format!("sluice-{}", relation.name()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: Arc<StreamConsumer> = Arc::new(config.create().map_err(kafka)?);
+    let parts = loop {
+        let parts = partitions(&consumer, &options.topic).await?;
+        if !parts.is_empty() {
+            break parts;
+        }
+        status.set_state(format!("waiting for topic \"{}\"", options.topic));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let mut next = catalog.source_position(relation.entry().id)?;
+    let mut tpl = TopicPartitionList::new();
+    for &p in &parts {
+        let offset = match (next.get(&p), options.startup) {
+            (Some(o), _) => Offset::Offset(*o),
+            (None, Startup::Earliest) => Offset::Beginning,
+            (None, Startup::Latest) => Offset::End,
+            (None, Startup::Timestamp(ms)) => Offset::Offset(ms),
+        };
+        tpl.add_partition_offset(&options.topic, p, offset)
+            .map_err(kafka)?;
+    }
+    if let Startup::Timestamp(_) = options.startup {
+        let c = consumer.clone();
+        let query = tpl.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            c.offsets_for_times(query, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| SluiceError::internal(format!("offsets task: {e}")))?
+        .map_err(kafka)?;
+        for elem in resolved.elements() {
+            if next.contains_key(&elem.partition()) {
+                continue;
+            }
+            tpl.set_partition_offset(&options.topic, elem.partition(), elem.offset())
+                .map_err(kafka)?;
+        }
+    }
+    consumer.assign(&tpl).map_err(kafka)?;
+    let dead_letters: Option<(FutureProducer, String)> = match &options.on_error {
+        OnError::DeadLetter(topic) => Some((
+            client_config(&options.bootstrap_servers, &options.properties)
+                .create()
+                .map_err(kafka)?,
+            topic.clone(),
+        )),
+        _ => None,
+    };
+    status.set_state("running".to_owned());
+    tracing::info!(source = %relation.name(), topic = %options.topic, partitions = parts.len(), "kafka source started");
+    let mut lag_ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = lag_ticker.tick() => {
+                update_lag(&consumer, &options.topic, &parts, &next, status).await;
+                continue;
+            }
+        };
+        let first = match first {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                tracing::warn!(source = %relation.name(), error = %e, "kafka consumer error");
+                status.set_state(format!("running (last client error: {e})"));
+                continue;
+            }
+        };
+        let mut messages = vec![first];
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while messages.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => messages.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(source = %relation.name(), error = %e, "kafka consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let bytes: u64 = messages
+            .iter()
+            .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
+            .sum();
+        let (mut parts_out, bad) = convert(relation, options.format, &messages)?;
+        let mut upto = messages.len();
+        if !bad.is_empty() {
+            match &options.on_error {
+                OnError::Skip => {
+                    for (i, reason) in &bad {
+                        let m = &messages[*i];
+                        tracing::warn!(source = %relation.name(), topic = %m.topic(), partition = m.partition(),
+                            offset = m.offset(), %reason, "bad record skipped");
+                    }
+                }
+                OnError::DeadLetter(_) => {
+                    if let Some((producer, topic)) = &dead_letters {
+                        for (i, reason) in &bad {
+                            dead_letter(producer, topic, &messages[*i], reason).await?;
+                        }
+                    }
+                }
+                OnError::Fail => {
+                    upto = bad[0].0;
+                    (parts_out, _) = convert(relation, options.format, &messages[..upto])?;
+                }
+            }
+        }
+        for m in &messages[..upto] {
+            next.insert(m.partition(), m.offset() + 1);
+        }
+        let rows: usize = parts_out
+            .iter()
+            .map(|p| match p {
+                Ingest::Append(b) | Ingest::Upsert(b) | Ingest::DeleteKeys(b) => b.num_rows(),
+            })
+            .sum();
+        match catalog.ingest(relation, parts_out, &next).await {
+            Ok(()) => {}
+            Err(SluiceError::UndefinedObject { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        status.add(
+            rows as u64,
+            bytes,
+            if upto < messages.len() {
+                1
+            } else {
+                bad.len() as u64
+            },
+        );
+        if upto < messages.len() {
+            let m = &messages[upto];
+            let reason = &bad[0].1;
+            let message = format!(
+                "failed at topic {} partition {} offset {}: {reason}",
+                m.topic(),
+                m.partition(),
+                m.offset()
+            );
+            tracing::error!(source = %relation.name(), %message, "kafka source stopped (on_error = 'fail')");
+            status.set_state(format!("failed: {message}"));
+            return Ok(());
+        }
+    }
+}
+
+async fn update_lag(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    parts: &[i32],
+    next: &BTreeMap<i32, i64>,
+    status: &SourceStatus,
+) {
+    let c = consumer.clone();
+    let topic = topic.to_owned();
+    let parts = parts.to_vec();
+    let next = next.clone();
+    let lag = tokio::task::spawn_blocking(move || {
+        let mut lag = 0i64;
+        for p in parts {
+            let (low, high) = c.fetch_watermarks(&topic, p, Duration::from_secs(1)).ok()?;
+            let at = next.get(&p).copied().unwrap_or(low).max(low);
+            lag += (high - at).max(0);
+        }
+        Some(lag)
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(lag) = lag {
+        status.set_lag(lag);
+    }
+}
+
+async fn dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    message: &OwnedMessage,
+    reason: &str,
+) -> Result<()> {
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "sluice_error",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "sluice_topic",
+            value: Some(message.topic()),
+        })
+        .insert(Header {
+            key: "sluice_partition",
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: "sluice_offset",
+            value: Some(&offset),
+        });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(p) = message.payload() {
+        record = record.payload(p);
+    }
+    if let Some(k) = message.key() {
+        record = record.key(k);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| kafka(e))?;
+    Ok(())
+}
+
+/// Turns messages into what to write, and the bad ones (index, reason).
+fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Result<Converted> {
+    let schema = relation.schema();
+    let check = |b: &RecordBatch| relation.check_rows(b);
+    match format {
+        Format::Json | Format::Csv => {
+            let encoding = if format == Format::Csv {
+                Encoding::Csv
+            } else {
+                Encoding::Json
+            };
+            let records: Vec<&[u8]> = messages
+                .iter()
+                .map(|m| m.payload().unwrap_or(b""))
+                .collect();
+            let d = decode(&schema, encoding, &records, &check)?;
+            let batch = relation.normalize_rows(d.batch)?;
+            Ok((vec![Ingest::Append(batch)], d.bad))
+        }
+        Format::UpsertJson => {
+            let mut out = Vec::new();
+            let mut bad = Vec::new();
+            let mut start = 0;
+            while start < messages.len() {
+                let deleting = messages[start].payload().is_none();
+                let mut end = start;
+                while end < messages.len() && messages[end].payload().is_none() == deleting {
+                    end += 1;
+                }
+                let segment = &messages[start..end];
+                let (part, seg_bad) = if deleting {
+                    deletes(relation, segment)?
+                } else {
+                    upserts(relation, segment, &check)?
+                };
+                out.extend(part);
+                bad.extend(seg_bad.into_iter().map(|(i, r)| (i + start, r)));
+                start = end;
+            }
+            bad.sort_by_key(|(i, _)| *i);
+            Ok((out, bad))
+        }
+    }
+}
+
+fn key_names(relation: &Relation) -> Vec<String> {
+    let entry = relation.entry();
+    entry
+        .primary_key
+        .iter()
+        .map(|&i| entry.columns[i].name.clone())
+        .collect()
+}
+
+/// Key records (index in `messages`, JSON object) for messages that have a
+/// usable key; the others are bad.
+fn key_records(
+    relation: &Relation,
+    messages: &[OwnedMessage],
+    wanted: impl Iterator<Item = usize>,
+) -> (Vec<(usize, Vec<u8>)>, BadRecords) {
+    let names = key_names(relation);
+    let mut keys = Vec::new();
+    let mut bad = Vec::new();
+    for i in wanted {
+        match messages[i].key() {
+            Some(k) => match key_record(k, &names) {
+                Ok(r) => keys.push((i, r)),
+                Err(e) => bad.push((i, e.to_string())),
+            },
+            None => keys.push((i, Vec::new())),
+        }
+    }
+    (keys, bad)
+}
+
+fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> {
+    let key_schema = project(&relation.schema(), &relation.entry().primary_key)?;
+    let (keys, mut bad) = key_records(relation, messages, 0..messages.len());
+    let mut with_key = Vec::new();
+    for (i, k) in keys {
+        if k.is_empty() {
+            bad.push((
+                i,
+                "a record with a null value (a delete) needs a key".to_owned(),
+            ));
+        } else {
+            with_key.push((i, k));
+        }
+    }
+    let records: Vec<&[u8]> = with_key.iter().map(|(_, k)| k.as_slice()).collect();
+    let no_nulls = |b: &RecordBatch| -> Result<()> {
+        if b.columns().iter().any(|c| c.null_count() > 0) {
+            return Err(SluiceError::InvalidText {
+                message: "the key has a null primary key column".to_owned(),
+            });
+        }
+        Ok(())
+    };
+    let d = decode(&key_schema, Encoding::Json, &records, &no_nulls)?;
+    bad.extend(
+        d.bad
+            .into_iter()
+            .map(|(j, r)| (with_key[j].0, format!("bad key: {r}"))),
+    );
+    bad.sort_by_key(|(i, _)| *i);
+    Ok((vec![Ingest::DeleteKeys(d.batch)], bad))
+}
+
+fn upserts(
+    relation: &Relation,
+    messages: &[OwnedMessage],
+    check: &dyn Fn(&RecordBatch) -> Result<()>,
+) -> Result<Converted> {
+    let schema = relation.schema();
+    let pk = relation.entry().primary_key.clone();
+    let records: Vec<&[u8]> = messages
+        .iter()
+        .map(|m| m.payload().unwrap_or(b""))
+        .collect();
+    let values = decode(&schema, Encoding::Json, &records, &|_| Ok(()))?;
+    let mut bad = values.bad;
+    // Keys: decoded for the rows whose record has one.
+    let (keys, key_bad) = key_records(relation, messages, values.rows_of.iter().copied());
+    let key_schema = project(&schema, &pk)?;
+    let present: Vec<(usize, &[u8])> = keys
+        .iter()
+        .filter(|(_, k)| !k.is_empty())
+        .map(|(i, k)| (*i, k.as_slice()))
+        .collect();
+    let key_rows = decode(
+        &key_schema,
+        Encoding::Json,
+        &present.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+        &|_| Ok(()),
+    )?;
+    let mut bad_records: Vec<usize> = key_bad.iter().map(|(i, _)| *i).collect();
+    bad.extend(key_bad);
+    for (j, r) in key_rows.bad {
+        bad.push((present[j].0, format!("bad key: {r}")));
+        bad_records.push(present[j].0);
+    }
+    // For each value row: its key row (index past the value rows) or its
+    // own key columns.
+    let key_row_of: BTreeMap<usize, usize> = key_rows
+        .rows_of
+        .iter()
+        .enumerate()
+        .map(|(row, &j)| (present[j].0, row))
+        .collect();
+    let n = values.batch.num_rows();
+    let mut keep = Vec::new();
+    let mut pick = Vec::new();
+    for (row, &record) in values.rows_of.iter().enumerate() {
+        if bad_records.contains(&record) {
+            continue;
+        }
+        keep.push(row as u32);
+        pick.push(match key_row_of.get(&record) {
+            Some(k) => (n + k) as u32,
+            None => row as u32,
+        });
+    }
+    let kept_records: Vec<usize> = keep.iter().map(|&r| values.rows_of[r as usize]).collect();
+    let mut key_columns: Vec<ArrayRef> = Vec::with_capacity(pk.len());
+    for (c, &i) in pk.iter().enumerate() {
+        let own = values.batch.column(i);
+        let given = cast(key_rows.batch.column(c), own.data_type())?;
+        let both = concat(&[own.as_ref(), given.as_ref()])?;
+        key_columns.push(take(&both, &UInt32Array::from(pick.clone()), None)?);
+    }
+    let rows = take_record_batch(&values.batch, &UInt32Array::from(keep))?;
+    let rows = relation.normalize_rows(with_columns(&rows, &pk, &key_columns)?)?;
+    if check(&rows).is_ok() {
+        bad.sort_by_key(|(i, _)| *i);
+        return Ok((vec![Ingest::Upsert(rows)], bad));
+    }
+    let mut good = Vec::new();
+    for (row, record) in kept_records.iter().enumerate() {
+        match check(&rows.slice(row, 1)) {
+            Ok(()) => good.push(row as u32),
+            Err(e) => bad.push((*record, e.to_string())),
+        }
+    }
+    bad.sort_by_key(|(i, _)| *i);
+    Ok((
+        vec![Ingest::Upsert(take_record_batch(
+            &rows,
+            &UInt32Array::from(good),
+        )?)],
+        bad,
+    ))
+}

@@ -1,0 +1,178 @@
+//! What each source and sink has done, as the system tables
+//! `sluice_sources` and `sluice_sinks`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+/// Counters and state of one running source.
+#[derive(Debug)]
+pub struct SourceStatus {
+    /// The stream or table it feeds.
+    pub name: String,
+    /// The topic it reads.
+    pub topic: String,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+    bad: AtomicU64,
+    lag: AtomicI64,
+    state: Mutex<String>,
+}
+
+impl SourceStatus {
+    pub(crate) fn new(name: &str, topic: &str) -> Self {
+        SourceStatus {
+            name: name.to_owned(),
+            topic: topic.to_owned(),
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bad: AtomicU64::new(0),
+            lag: AtomicI64::new(-1),
+            state: Mutex::new("starting".to_owned()),
+        }
+    }
+
+    pub(crate) fn add(&self, rows: u64, bytes: u64, bad: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.bad.fetch_add(bad, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_state(&self, state: String) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = state;
+        }
+    }
+
+    /// Rows written so far (since the server started).
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Bad records so far (since the server started).
+    pub fn bad_records(&self) -> u64 {
+        self.bad.load(Ordering::Relaxed)
+    }
+
+    /// `running`, `waiting for topic ...`, `retrying: ...` or `failed: ...`.
+    pub fn state(&self) -> String {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Where the statuses come from when the table is read.
+pub trait StatusList: Send + Sync + std::fmt::Debug {
+    /// Every source's (or, with `sinks`, sink's) status.
+    fn statuses(&self, sinks: bool) -> Vec<Arc<SourceStatus>>;
+}
+
+/// `sluice_sources` (one row per source) or `sluice_sinks` (per sink).
+#[derive(Debug)]
+pub struct SourcesTable {
+    list: Arc<dyn StatusList>,
+    sinks: bool,
+    schema: SchemaRef,
+}
+
+impl SourcesTable {
+    /// `sluice_sources` over `list`.
+    pub fn new(list: Arc<dyn StatusList>) -> Self {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("topic", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("bytes", DataType::Int64, false),
+            Field::new("bad_records", DataType::Int64, false),
+            Field::new("lag", DataType::Int64, true),
+        ]));
+        SourcesTable {
+            list,
+            sinks: false,
+            schema,
+        }
+    }
+
+    /// `sluice_sinks` over `list`: records delivered, their bytes, and
+    /// failed deliveries (each retried).
+    pub fn sinks(list: Arc<dyn StatusList>) -> Self {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sink", DataType::Utf8, false),
+            Field::new("topic", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("records", DataType::Int64, false),
+            Field::new("bytes", DataType::Int64, false),
+            Field::new("failed_deliveries", DataType::Int64, false),
+        ]));
+        SourcesTable {
+            list,
+            sinks: true,
+            schema,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SourcesTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut all = self.list.statuses(self.sinks);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let i64_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut columns: Vec<datafusion::arrow::array::ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                all.iter().map(|s| s.name.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                all.iter().map(|s| s.topic.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(all.iter().map(|s| s.state()))),
+            Arc::new(Int64Array::from_iter_values(
+                all.iter().map(|s| i64_of(s.rows())),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                all.iter().map(|s| i64_of(s.bytes.load(Ordering::Relaxed))),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                all.iter().map(|s| i64_of(s.bad_records())),
+            )),
+        ];
+        if !self.sinks {
+            columns.push(Arc::new(Int64Array::from_iter(all.iter().map(|s| {
+                let lag = s.lag.load(Ordering::Relaxed);
+                (lag >= 0).then_some(lag)
+            }))));
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}

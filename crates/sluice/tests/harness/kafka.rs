@@ -1,0 +1,389 @@
+//! Kafka sources against rdkafka's in-process `MockCluster` (the real Kafka
+//! protocol, nothing to install): the issue's pageviews/profiles example,
+//! JSON and upsert sources, tombstones, several partitions, every
+//! `on_error` mode, `sluice_sources`, and a restart that continues from the
+//! stored offsets without reading anything twice.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
+
+use super::server::{connect, TestServer};
+
+fn producer(servers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()?)
+}
+
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    value: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    producer.send(record).map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// Polls `sql` (one bigint) until it returns `want`.
+async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = rows(client, sql).await?;
+        if got == vec![want.to_string()] {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let states = client
+                .query("SELECT source || ': ' || state FROM sluice_sources", &[])
+                .await?;
+            let states: Vec<String> = states.iter().map(|r| r.get(0)).collect();
+            bail!("{sql}: got {got:?}, want {want} (sources: {states:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for message in client.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = message {
+            let cells: Vec<String> = (0..r.len())
+                .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                .collect();
+            out.push(cells.join(" "));
+        }
+    }
+    Ok(out)
+}
+
+/// Every record of `topic` (value, headers as `k=v`), from the start.
+fn read_topic(
+    servers: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "test-reader")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let value = m
+                .payload()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_else(|| "<tombstone>".to_owned());
+            let mut headers = Vec::new();
+            if let Some(h) = m.headers() {
+                for header in h.iter() {
+                    headers.push(format!(
+                        "{}={}",
+                        header.key,
+                        String::from_utf8_lossy(header.value.unwrap_or_default())
+                    ));
+                }
+            }
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            out.push((
+                format!(
+                    "{}{value}",
+                    key.map(|k| format!("{k} => ")).unwrap_or_default()
+                ),
+                headers,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn sources_read_json_and_upserts() -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    cluster.create_topic("pageviews", 3, 1)?;
+    cluster.create_topic("profile-edits", 1, 1)?;
+    cluster.create_topic("pageviews-bad", 1, 1)?;
+    let p = producer(&servers)?;
+    // Profiles: a JSON-object key, a bare key, an update, a tombstone.
+    send(
+        &p,
+        "profile-edits",
+        None,
+        Some(r#"{"user_id": 1234}"#),
+        Some(r#"{"job": "Google"}"#),
+    )?;
+    send(
+        &p,
+        "profile-edits",
+        None,
+        Some("2345"),
+        Some(r#"{"user_id": 2345, "job": "ACME"}"#),
+    )?;
+    send(
+        &p,
+        "profile-edits",
+        None,
+        Some("3456"),
+        Some(r#"{"job": "Gone"}"#),
+    )?;
+    send(&p, "profile-edits", None, Some("3456"), None)?;
+    send(
+        &p,
+        "profile-edits",
+        None,
+        None,
+        Some(r#"{"job": "no key"}"#),
+    )?;
+    // Page views over three partitions, one of them not JSON, one with a
+    // string for a number.
+    for (i, (viewer, viewed)) in [(1234, 4567), (2345, 4567), (1234, 1), (9999, 4567)]
+        .iter()
+        .enumerate()
+    {
+        let ts = format!("2022-08-12 02:0{i}:00");
+        let v = format!(r#"{{"viewer_id": {viewer}, "viewed_id": {viewed}, "ts": "{ts}"}}"#);
+        send(&p, "pageviews", Some(i as i32 % 3), None, Some(&v))?;
+    }
+    send(&p, "pageviews", Some(1), None, Some("this is not json"))?;
+    send(
+        &p,
+        "pageviews",
+        Some(2),
+        None,
+        Some(r#"{"viewer_id": "x", "viewed_id": 1}"#),
+    )?;
+    p.flush(Duration::from_secs(10))?;
+
+    let mut server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    // The table first, so that the enrichment below is deterministic.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE profiles (user_id BIGINT PRIMARY KEY, job TEXT)
+               WITH (connector = 'kafka', topic = 'profile-edits', bootstrap_servers = '{servers}',
+                     format = 'upsert_json');"
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'profiles'",
+        4,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT bad_records FROM sluice_sources WHERE source = 'profiles'",
+        1,
+    )
+    .await?;
+    ensure!(
+        rows(&client, "SELECT * FROM profiles ORDER BY user_id").await?
+            == vec!["1234 Google", "2345 ACME"],
+        "profiles: {:?}",
+        rows(&client, "SELECT * FROM profiles ORDER BY user_id").await?
+    );
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM pageviews (viewer_id BIGINT, viewed_id BIGINT, ts TIMESTAMP,
+                                      WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
+               WITH (connector = 'kafka', topic = 'pageviews', bootstrap_servers = '{servers}',
+                     format = 'json', scan_startup = 'earliest', on_error = 'dead_letter',
+                     dead_letter_topic = 'pageviews-bad');
+             CREATE MATERIALIZED VIEW enriched AS
+               SELECT v.*, p.job FROM pageviews v LEFT JOIN profiles p ON v.viewer_id = p.user_id;
+             CREATE MATERIALIZED VIEW views_by_job AS
+               SELECT viewed_id, job, count(*) AS views FROM enriched GROUP BY viewed_id, job;"
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'pageviews'",
+        4,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT bad_records FROM sluice_sources WHERE source = 'pageviews'",
+        2,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT lag FROM sluice_sources WHERE source = 'pageviews'",
+        0,
+    )
+    .await?;
+    client.batch_execute("FLUSH").await?;
+    let enriched = rows(
+        &client,
+        "SELECT viewer_id, viewed_id, job FROM enriched ORDER BY ts",
+    )
+    .await?;
+    ensure!(
+        enriched.len() == 4 && enriched.contains(&"9999 4567 NULL".to_owned()),
+        "enriched: {enriched:?}"
+    );
+    let dead = read_topic(&servers, "pageviews-bad", 1, 2)?;
+    ensure!(dead.len() == 2, "dead letters: {dead:?}");
+    ensure!(
+        dead.iter().any(|(v, h)| v == "this is not json"
+            && h.contains(&"sluice_topic=pageviews".to_owned())
+            && h.contains(&"sluice_partition=1".to_owned())
+            && h.iter().any(|x| x.starts_with("sluice_error="))),
+        "dead letter lacks the record or its coordinates: {dead:?}"
+    );
+
+    // A restart continues from the stored offsets: nothing twice.
+    server.restart().await?;
+    let client = connect(server.addr()).await?;
+    send(
+        &p,
+        "pageviews",
+        Some(0),
+        None,
+        Some(r#"{"viewer_id": 2345, "viewed_id": 4567, "ts": "2022-08-12 03:00:00"}"#),
+    )?;
+    send(
+        &p,
+        "profile-edits",
+        None,
+        Some("1234"),
+        Some(r#"{"job": "Meta"}"#),
+    )?;
+    p.flush(Duration::from_secs(10))?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'pageviews'",
+        1,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'profiles'",
+        1,
+    )
+    .await?;
+    client.batch_execute("FLUSH").await?;
+    let by_job = rows(
+        &client,
+        "SELECT viewed_id, job, views FROM views_by_job ORDER BY viewed_id, job",
+    )
+    .await?;
+    ensure!(
+        by_job == vec!["1 Google 1", "4567 ACME 2", "4567 Google 1", "4567 NULL 1"],
+        "views_by_job after restart: {by_job:?}"
+    );
+    ensure!(
+        rows(&client, "SELECT job FROM profiles WHERE user_id = 1234").await? == vec!["Meta"],
+        "the profile update after the restart is missing"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+pub async fn on_error_skip_and_fail() -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    cluster.create_topic("events", 1, 1)?;
+    let p = producer(&servers)?;
+    for v in [
+        r#"{"id": 1}"#,
+        r#"{"id": 2}"#,
+        "garbage",
+        r#"{"id": 4}"#,
+        "{}",
+    ] {
+        send(&p, "events", Some(0), None, Some(v))?;
+    }
+    p.flush(Duration::from_secs(10))?;
+    let server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM skipping (id BIGINT NOT NULL)
+               WITH (connector = 'kafka', topic = 'events', bootstrap_servers = '{servers}');
+             CREATE STREAM failing (id BIGINT NOT NULL)
+               WITH (connector = 'kafka', topic = 'events', bootstrap_servers = '{servers}',
+                     on_error = 'fail');
+             CREATE MATERIALIZED VIEW skipped AS SELECT count(*) AS n, sum(id) AS s FROM skipping;
+             CREATE MATERIALIZED VIEW failed AS SELECT count(*) AS n, sum(id) AS s FROM failing;"
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT bad_records FROM sluice_sources WHERE source = 'skipping'",
+        2,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'skipping'",
+        3,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let state: String = client
+            .query_one(
+                "SELECT state FROM sluice_sources WHERE source = 'failing'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if state.starts_with("failed") || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(
+        state.starts_with("failed: failed at topic events partition 0 offset 2: "),
+        "state of the failing source: {state}"
+    );
+    client.batch_execute("FLUSH").await?;
+    ensure!(
+        rows(&client, "SELECT n, s FROM skipped").await? == vec!["3 7"],
+        "skipped"
+    );
+    ensure!(
+        rows(&client, "SELECT n, s FROM failed").await? == vec!["2 3"],
+        "failed"
+    );
+    // Bad options are refused before anything is created.
+    let e = client
+        .batch_execute("CREATE STREAM x (id BIGINT) WITH (connector = 'kafka', topic = 't', on_error = 'ignore')")
+        .await
+        .err()
+        .context("a bad on_error was accepted")?;
+    ensure!(
+        e.as_db_error().map(|d| d.code().code()) == Some("22023"),
+        "bad option: {e}"
+    );
+    drop(cluster);
+    Ok(())
+}
