@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 6] = [
+        let scenarios: [(&str, Scenario); 7] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -112,6 +112,9 @@ fn main() {
             ),
             ("kafka: on_error skip and fail", || {
                 Box::pin(kafka::on_error_skip_and_fail())
+            }),
+            ("kafka: json and upsert sinks", || {
+                Box::pin(kafka::sinks_write_json_and_upserts())
             }),
         ];
         for (name, scenario) in scenarios {

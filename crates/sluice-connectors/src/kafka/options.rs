@@ -171,12 +171,14 @@ impl KafkaSource {
             Some("fail") => OnError::Fail,
             Some("dead_letter") => match options.get("dead_letter_topic") {
                 Some(t) if !t.is_empty() => OnError::DeadLetter(t.clone()),
-                _ => return Err(invalid(
-                    format!(
+                _ => {
+                    return Err(invalid(
+                        format!(
                         "on_error = 'dead_letter' needs option \"dead_letter_topic\" for {what}"
                     ),
-                    "add dead_letter_topic = 'name' to WITH (...)",
-                )),
+                        "add dead_letter_topic = 'name' to WITH (...)",
+                    ))
+                }
             },
             Some(other) => {
                 return Err(invalid(

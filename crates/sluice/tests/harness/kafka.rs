@@ -82,6 +82,17 @@ fn read_topic(
     partitions: i32,
     want: usize,
 ) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    read_topic_for(servers, topic, partitions, want, Duration::from_secs(20))
+}
+
+/// [`read_topic`], giving up after `wait`.
+fn read_topic_for(
+    servers: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    wait: Duration,
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", "test-reader")
@@ -91,7 +102,7 @@ fn read_topic(
         tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + wait;
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
@@ -383,6 +394,110 @@ pub async fn on_error_skip_and_fail() -> anyhow::Result<()> {
     ensure!(
         e.as_db_error().map(|d| d.code().code()) == Some("22023"),
         "bad option: {e}"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    cluster.create_topic("enriched", 1, 1)?;
+    cluster.create_topic("jobs", 1, 1)?;
+    let mut server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM pageviews (viewer_id BIGINT, viewed_id BIGINT, ts TIMESTAMP);
+             CREATE TABLE profiles (user_id BIGINT PRIMARY KEY, job TEXT);
+             CREATE MATERIALIZED VIEW enriched AS
+               SELECT v.viewer_id, v.viewed_id, p.job FROM pageviews v LEFT JOIN profiles p ON v.viewer_id = p.user_id;
+             CREATE MATERIALIZED VIEW jobs AS SELECT job, count(*) AS people FROM profiles GROUP BY job;
+             INSERT INTO profiles VALUES (1234, 'Google'), (2345, 'ACME');
+             INSERT INTO pageviews VALUES (1234, 4567, '2022-08-12 02:06:49');
+             FLUSH;
+             CREATE SINK enriched_out FROM enriched
+               WITH (connector = 'kafka', topic = 'enriched', bootstrap_servers = '{servers}', format = 'json');
+             CREATE SINK jobs_out FROM jobs
+               WITH (connector = 'kafka', topic = 'jobs', bootstrap_servers = '{servers}', format = 'upsert_json');
+             INSERT INTO pageviews VALUES (2345, 4567, '2022-08-12 02:07:00');
+             UPDATE profiles SET job = 'Meta' WHERE user_id = 1234;
+             FLUSH;"
+        ))
+        .await?;
+    let enriched = read_topic(&servers, "enriched", 1, 2)?;
+    let values: Vec<&str> = enriched.iter().map(|(v, _)| v.as_str()).collect();
+    ensure!(
+        values
+            == vec![
+                r#"{"viewer_id":1234,"viewed_id":4567,"job":"Google","op":"insert"}"#,
+                r#"{"viewer_id":2345,"viewed_id":4567,"job":"ACME","op":"insert"}"#
+            ],
+        "enriched topic: {values:?}"
+    );
+    // Keyed by the GROUP BY column; the update of 1234 retracts Google.
+    let jobs = read_topic(&servers, "jobs", 1, 4)?;
+    let mut jobs: Vec<&str> = jobs.iter().map(|(v, _)| v.as_str()).collect();
+    jobs[..2].sort();
+    jobs[2..].sort();
+    ensure!(
+        jobs == vec![
+            r#"{"job":"ACME"} => {"job":"ACME","people":1}"#,
+            r#"{"job":"Google"} => {"job":"Google","people":1}"#,
+            r#"{"job":"Google"} => <tombstone>"#,
+            r#"{"job":"Meta"} => {"job":"Meta","people":1}"#,
+        ],
+        "jobs topic: {jobs:?}"
+    );
+    ensure!(
+        rows(
+            &client,
+            "SELECT sink, records, failed_deliveries FROM sluice_sinks ORDER BY sink"
+        )
+        .await?
+            == vec!["enriched_out 2 0", "jobs_out 4 0"],
+        "sluice_sinks"
+    );
+    ensure!(
+        rows(&client, "SHOW SINKS").await? == vec!["enriched_out", "jobs_out"],
+        "SHOW SINKS"
+    );
+    let e = client
+        .batch_execute("DROP MATERIALIZED VIEW jobs")
+        .await
+        .err()
+        .context("dropped a view a sink reads")?;
+    ensure!(
+        e.as_db_error().map(|d| d.code().code()) == Some("2BP01"),
+        "{e}"
+    );
+    client
+        .batch_execute("DROP SINK jobs_out; DROP MATERIALIZED VIEW jobs")
+        .await?;
+    for (sql, code) in [
+        (format!("CREATE SINK s FROM pageviews WITH (connector = 'kafka', topic = 'x', bootstrap_servers = '{servers}', format = 'upsert_json')"), "22023"),
+        ("CREATE SINK s FROM pageviews WITH (connector = 'kafka', topic = 'x', format = 'avro')".to_owned(), "22023"),
+        ("CREATE SINK s FROM nowhere WITH (connector = 'kafka', topic = 'x')".to_owned(), "42P01"),
+        ("CREATE SINK s FROM pageviews WITH (connector = 'kafka')".to_owned(), "22023"),
+        ("CREATE SINK enriched_out FROM pageviews WITH (connector = 'kafka', topic = 'x')".to_owned(), "42P07"),
+        ("SELECT * FROM enriched_out".to_owned(), "42809"),
+    ] {
+        let e = client.batch_execute(&sql).await.err().with_context(|| format!("accepted: {sql}"))?;
+        ensure!(e.as_db_error().map(|d| d.code().code()) == Some(code), "{sql}: {e}");
+    }
+    // The sink survives a restart and neither repeats nor loses records.
+    server.restart().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute("INSERT INTO pageviews VALUES (1234, 1, '2022-08-12 03:00:00'); FLUSH")
+        .await?;
+    // Three records, and no fourth (a repeat) within two seconds.
+    let enriched = read_topic_for(&servers, "enriched", 1, 4, Duration::from_secs(2))?;
+    let values: Vec<&str> = enriched.iter().map(|(v, _)| v.as_str()).collect();
+    ensure!(
+        values.len() == 3
+            && values[2] == r#"{"viewer_id":1234,"viewed_id":1,"job":"Meta","op":"insert"}"#,
+        "enriched topic after the restart: {values:?}"
     );
     drop(cluster);
     Ok(())
