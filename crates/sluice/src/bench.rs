@@ -1,4 +1,6 @@
-//! `sluice bench views`: the materialized-view micro-benchmark.
+//! `sluice bench views`: the materialized-view micro-benchmark, its events
+//! appended in process (`--source insert`) or read from Kafka as JSON
+//! (`--source kafka`, an in-process MockCluster).
 //!
 //! A stream of orders goes through filter -> lookup join with a customers
 //! table -> GROUP BY count, maintained by Sluice batch by batch (each batch
@@ -26,6 +28,7 @@ const VIEW: &str = "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenu
 /// What a run measured.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
+    pub source: Source,
     pub events: usize,
     pub batch_size: usize,
     pub customers: usize,
@@ -94,39 +97,188 @@ fn orders(
     )?)
 }
 
-/// Runs the benchmark.
-pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::Result<Report> {
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
-    let engine = Engine::open(store, DataflowOptions::default()).await?;
-    for sql in [
-        "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT)".to_owned(),
-        "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)".to_owned(),
-        format!(
-            "INSERT INTO customers SELECT value, 'region ' || (value % 50) FROM generate_series(0, {})",
-            customers - 1
-        ),
-        format!("CREATE MATERIALIZED VIEW revenue AS {VIEW}"),
-    ] {
-        for statement in sluice_sql::parse(&sql)? {
-            engine.run(statement).await.with_context(|| sql.clone())?;
-        }
-    }
-    let stream = engine.catalog().require("orders", ObjectKind::Stream)?;
-    let schema = stream.schema();
+/// Where the benchmark's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Batches appended in process, each one durable transaction.
+    Insert,
+    /// JSON records produced beforehand into a topic of an in-process Kafka
+    /// (rdkafka's MockCluster, whose broker threads count in the CPU
+    /// time), read by a Kafka source.
+    Kafka,
+}
 
-    let cpu = cpu_seconds();
-    let start = Instant::now();
+async fn run_sql(engine: &Engine, sql: &str) -> anyhow::Result<sluice_server::Output> {
+    let mut last = None;
+    for statement in sluice_sql::parse(sql)? {
+        last = Some(
+            engine
+                .run(statement)
+                .await
+                .with_context(|| sql.to_owned())?,
+        );
+    }
+    last.context("no statement")
+}
+
+/// Produces the events as JSON records into `topic` (not timed).
+fn produce(
+    servers: &str,
+    schema: &Arc<Schema>,
+    events: usize,
+    batch_size: usize,
+    customers: usize,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("queue.buffering.max.messages", "1000000")
+        .set("linger.ms", "5")
+        .create()?;
     let mut sent = 0;
     while sent < events {
         let n = batch_size.min(events - sent);
-        let batch = orders(&schema, sent, n, customers)?;
-        engine.catalog().append_to_stream(&stream, &batch).await?;
+        let batch = orders(schema, sent, n, customers)?;
+        let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(&batch)?;
+        writer.finish()?;
+        for line in writer
+            .into_inner()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("orders").payload(line);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r)) => {
+                        if !matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ) {
+                            anyhow::bail!("cannot produce: {e}");
+                        }
+                        record = r;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        }
         sent += n;
+    }
+    producer.flush(std::time::Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub async fn run(
+    events: usize,
+    batch_size: usize,
+    customers: usize,
+    source: Source,
+) -> anyhow::Result<Report> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
+    let engine = Engine::open(store, DataflowOptions::default()).await?;
+    run_sql(
+        &engine,
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)",
+    )
+    .await?;
+    run_sql(
+        &engine,
+        &format!(
+            "INSERT INTO customers SELECT value, 'region ' || (value % 50) FROM generate_series(0, {})",
+            customers - 1
+        ),
+    )
+    .await?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("customer", DataType::Int64, true),
+        Field::new("amount", DataType::Int64, true),
+    ]));
+    let cluster = match source {
+        Source::Insert => None,
+        Source::Kafka => {
+            let cluster = rdkafka::mocking::MockCluster::new(1)?;
+            cluster.create_topic("orders", 2, 1)?;
+            let servers = cluster.bootstrap_servers();
+            let s = schema.clone();
+            tokio::task::spawn_blocking(move || {
+                produce(&servers, &s, events, batch_size, customers)
+            })
+            .await??;
+            Some(cluster)
+        }
+    };
+
+    let cpu = cpu_seconds();
+    let start = Instant::now();
+    match &cluster {
+        None => {
+            run_sql(
+                &engine,
+                "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT)",
+            )
+            .await?;
+            run_sql(
+                &engine,
+                &format!("CREATE MATERIALIZED VIEW revenue AS {VIEW}"),
+            )
+            .await?;
+            let stream = engine.catalog().require("orders", ObjectKind::Stream)?;
+            let mut sent = 0;
+            while sent < events {
+                let n = batch_size.min(events - sent);
+                let batch = orders(&stream.schema(), sent, n, customers)?;
+                engine.catalog().append_to_stream(&stream, &batch).await?;
+                sent += n;
+            }
+        }
+        Some(cluster) => {
+            run_sql(
+                &engine,
+                &format!(
+                    "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT) \
+                     WITH (connector = 'kafka', topic = 'orders', bootstrap_servers = '{}')",
+                    cluster.bootstrap_servers()
+                ),
+            )
+            .await?;
+            run_sql(
+                &engine,
+                &format!("CREATE MATERIALIZED VIEW revenue AS {VIEW}"),
+            )
+            .await?;
+            loop {
+                let read = match run_sql(&engine, "SELECT rows FROM sluice_sources").await? {
+                    sluice_server::Output::Rows { batches, .. } => batches
+                        .first()
+                        .and_then(|b| {
+                            b.column(0)
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .map(|a| a.value(0))
+                        })
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                if read as usize >= events {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
     }
     engine.dataflow().flush().await?;
     let streaming_wall_s = start.elapsed().as_secs_f64();
     let streaming_cpu_s = cpu_seconds() - cpu;
+    let schema = engine
+        .catalog()
+        .require("orders", ObjectKind::Stream)?
+        .schema();
 
     // The same query as a DataFusion batch over the same rows.
     let ctx = SessionContext::new();
@@ -191,10 +343,12 @@ pub async fn run(events: usize, batch_size: usize, customers: usize) -> anyhow::
     );
     drop(expected);
     engine.shutdown().await;
+    drop(cluster);
 
     let streaming_events_per_s = events as f64 / streaming_wall_s;
     let batch_events_per_s = events as f64 / batch_wall_s;
     Ok(Report {
+        source,
         events,
         batch_size,
         customers,

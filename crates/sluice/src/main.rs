@@ -46,6 +46,10 @@ enum BenchCommand {
         /// Rows in the customers table.
         #[arg(long, default_value_t = 10_000)]
         customers: usize,
+        /// Where events come from: appended in process, or JSON records
+        /// read from an in-process Kafka (MockCluster) by a Kafka source.
+        #[arg(long, value_enum, default_value_t = bench::Source::Insert)]
+        source: bench::Source,
         /// Also write the report to this file.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -161,11 +165,13 @@ fn main() -> anyhow::Result<()> {
                     events,
                     batch,
                     customers,
+                    source,
                     output,
                 },
         } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            let report = runtime.block_on(bench::run(events, batch.max(1), customers.max(1)))?;
+            let report =
+                runtime.block_on(bench::run(events, batch.max(1), customers.max(1), source))?;
             let json = serde_json::to_string_pretty(&report)?;
             if let Some(path) = output {
                 std::fs::write(&path, &json)
