@@ -63,6 +63,9 @@ pub struct RelationEntry {
     /// The relations a view reads, by name.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Kafka metadata columns: (key|partition|offset|timestamp, column).
+    #[serde(default)]
+    pub include: Vec<(String, String)>,
 }
 
 impl RelationEntry {
@@ -76,8 +79,33 @@ impl RelationEntry {
                 hint: None,
             });
         }
-        let mut columns: Vec<Column> = Vec::with_capacity(create.columns.len());
-        for c in &create.columns {
+        let mut declared = create.columns.clone();
+        if !create.include.is_empty()
+            && !create
+                .options
+                .iter()
+                .any(|(k, v)| k == "connector" && v == "kafka")
+        {
+            return Err(SluiceError::InvalidDefinition {
+                message: format!("INCLUDE needs a Kafka source, but {kind} \"{name}\" has none"),
+                hint: Some("add WITH (connector = 'kafka', ...)".into()),
+            });
+        }
+        for (what, column) in &create.include {
+            let sql_type = match what.as_str() {
+                "key" => SqlType::Text,
+                "partition" => SqlType::Int,
+                "offset" => SqlType::BigInt,
+                _ => SqlType::Timestamp,
+            };
+            declared.push(sluice_sql::ColumnDef {
+                name: column.clone(),
+                sql_type,
+                not_null: false,
+            });
+        }
+        let mut columns: Vec<Column> = Vec::with_capacity(declared.len());
+        for c in &declared {
             if columns.iter().any(|existing| existing.name == c.name) {
                 return Err(SluiceError::DuplicateColumn {
                     name: c.name.clone(),
@@ -143,6 +171,7 @@ impl RelationEntry {
             query: None,
             view_schema: None,
             depends_on: Vec::new(),
+            include: create.include.clone(),
         };
         if let Some(wm) = &create.watermark {
             entry.watermark = Some(entry.validate_watermark(&wm.column, &wm.expr.to_string())?);
@@ -174,6 +203,7 @@ impl RelationEntry {
             query: Some(query.to_owned()),
             view_schema: Some(ipc),
             depends_on,
+            include: Vec::new(),
         })
     }
 
@@ -203,6 +233,7 @@ impl RelationEntry {
             query: None,
             view_schema: Some(ipc),
             depends_on: vec![from.name.clone()],
+            include: Vec::new(),
         })
     }
 

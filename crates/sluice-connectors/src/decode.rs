@@ -81,16 +81,20 @@ fn decode_all(schema: &SchemaRef, encoding: Encoding, records: &[&[u8]]) -> Resu
     Ok(batch)
 }
 
+/// Checks decoded rows, given the index of each row's record.
+pub type Check<'a> = &'a dyn Fn(&RecordBatch, &[usize]) -> Result<()>;
+
 /// Decodes `records` into rows of `schema`; `check` may reject rows (NOT
 /// NULL, keys), which counts their records as bad too.
 pub fn decode(
     schema: &SchemaRef,
     encoding: Encoding,
     records: &[&[u8]],
-    check: &dyn Fn(&RecordBatch) -> Result<()>,
+    check: Check<'_>,
 ) -> Result<Decoded> {
     if let Ok(batch) = decode_all(schema, encoding, records) {
-        if check(&batch).is_ok() {
+        let all: Vec<usize> = (0..records.len()).collect();
+        if check(&batch, &all).is_ok() {
             return Ok(Decoded {
                 batch,
                 rows_of: (0..records.len()).collect(),
@@ -103,7 +107,7 @@ pub fn decode(
     let mut bad = Vec::new();
     for (i, record) in records.iter().enumerate() {
         match decode_all(schema, encoding, std::slice::from_ref(record)).and_then(|b| {
-            check(&b)?;
+            check(&b, &[i])?;
             Ok(b)
         }) {
             Ok(b) => {
@@ -179,7 +183,7 @@ mod tests {
 
     #[test]
     fn good_records_decode_together_and_bad_ones_are_set_aside() {
-        let ok: &dyn Fn(&RecordBatch) -> Result<()> = &|_| Ok(());
+        let ok: Check<'_> = &|_, _| Ok(());
         let records: Vec<&[u8]> = vec![br#"{"id": 1, "name": "a"}"#, br#"{"id": 2}"#];
         let d = decode(&schema(), Encoding::Json, &records, ok).expect("decode");
         assert_eq!(d.batch.num_rows(), 2);
@@ -206,7 +210,7 @@ mod tests {
             .expect("ids");
         assert_eq!(ids.values(), &[1, 4]);
 
-        let no_null_ids: &dyn Fn(&RecordBatch) -> Result<()> = &|b| {
+        let no_null_ids: Check<'_> = &|b, _| {
             if b.column(0).null_count() > 0 {
                 return Err(SluiceError::internal("null id"));
             }

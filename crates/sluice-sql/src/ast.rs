@@ -95,6 +95,9 @@ pub struct CreateRelation {
     pub watermark: Option<WatermarkDef>,
     /// `WITH (key = value, ...)`, keys lower-cased, values as text.
     pub options: Vec<(String, String)>,
+    /// `INCLUDE key|partition|offset|timestamp [AS name]`: Kafka metadata
+    /// as extra columns, (what, column name).
+    pub include: Vec<(String, String)>,
 }
 
 /// One declared column.

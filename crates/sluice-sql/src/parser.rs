@@ -254,6 +254,22 @@ fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Stat
             break;
         }
     }
+    let mut include: Vec<(String, String)> = Vec::new();
+    while next_word(parser, "include") {
+        let what = normalize_ident(&parser.parse_identifier()?);
+        if !["key", "partition", "offset", "timestamp"].contains(&what.as_str()) {
+            return Err(SluiceError::InvalidDefinition {
+                message: format!("unknown metadata \"{what}\" in INCLUDE"),
+                hint: Some("INCLUDE key, partition, offset or timestamp [AS name]".into()),
+            });
+        }
+        let column = if parser.parse_keyword(Keyword::AS) {
+            normalize_ident(&parser.parse_identifier()?)
+        } else {
+            format!("kafka_{what}")
+        };
+        include.push((what, column));
+    }
     let options = if parser.parse_keyword(Keyword::WITH) {
         parser.prev_token();
         parser
@@ -272,6 +288,7 @@ fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Stat
         primary_key,
         watermark,
         options,
+        include,
     })))
 }
 

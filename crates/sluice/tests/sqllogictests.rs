@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 7] = [
+        let scenarios: [(&str, Scenario); 8] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -115,6 +115,9 @@ fn main() {
             }),
             ("kafka: json and upsert sinks", || {
                 Box::pin(kafka::sinks_write_json_and_upserts())
+            }),
+            ("kafka: scan_startup, csv, metadata columns", || {
+                Box::pin(kafka::startup_csv_and_metadata())
             }),
         ];
         for (name, scenario) in scenarios {

@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
 use datafusion::arrow::compute::{cast, concat, take, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -105,32 +109,21 @@ async fn read(
     };
     let mut next = catalog.source_position(relation.entry().id)?;
     let mut tpl = TopicPartitionList::new();
+    // A start time is applied here, record by record, rather than through
+    // the broker's time index: it then works with every broker.
+    let mut skip_before: BTreeMap<i32, i64> = BTreeMap::new();
     for &p in &parts {
         let offset = match (next.get(&p), options.startup) {
             (Some(o), _) => Offset::Offset(*o),
             (None, Startup::Earliest) => Offset::Beginning,
             (None, Startup::Latest) => Offset::End,
-            (None, Startup::Timestamp(ms)) => Offset::Offset(ms),
+            (None, Startup::Timestamp(ms)) => {
+                skip_before.insert(p, ms);
+                Offset::Beginning
+            }
         };
         tpl.add_partition_offset(&options.topic, p, offset)
             .map_err(kafka)?;
-    }
-    if let Startup::Timestamp(_) = options.startup {
-        let c = consumer.clone();
-        let query = tpl.clone();
-        let resolved = tokio::task::spawn_blocking(move || {
-            c.offsets_for_times(query, Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| SluiceError::internal(format!("offsets task: {e}")))?
-        .map_err(kafka)?;
-        for elem in resolved.elements() {
-            if next.contains_key(&elem.partition()) {
-                continue;
-            }
-            tpl.set_partition_offset(&options.topic, elem.partition(), elem.offset())
-                .map_err(kafka)?;
-        }
     }
     consumer.assign(&tpl).map_err(kafka)?;
     let dead_letters: Option<(FutureProducer, String)> = match &options.on_error {
@@ -171,6 +164,22 @@ async fn read(
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+        if !skip_before.is_empty() {
+            messages.retain(|m| {
+                let Some(before) = skip_before.get(&m.partition()).copied() else {
+                    return true;
+                };
+                if m.timestamp().to_millis().is_some_and(|t| t >= before) {
+                    skip_before.remove(&m.partition());
+                    return true;
+                }
+                next.insert(m.partition(), m.offset() + 1);
+                false
+            });
+            if messages.is_empty() {
+                continue;
             }
         }
         let bytes: u64 = messages
@@ -307,10 +316,78 @@ async fn dead_letter(
     Ok(())
 }
 
+/// Where a relation's Kafka metadata columns are, and the schema of the
+/// rest (what records hold).
+struct Layout {
+    value_schema: SchemaRef,
+    meta: Vec<(usize, String)>,
+}
+
+fn layout(relation: &Relation) -> Result<Layout> {
+    let schema = relation.schema();
+    let entry = relation.entry();
+    let meta: Vec<(usize, String)> = entry
+        .include
+        .iter()
+        .map(|(what, column)| Ok((schema.index_of(column)?, what.clone())))
+        .collect::<Result<_>>()?;
+    let rest: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| !meta.iter().any(|(m, _)| m == i))
+        .collect();
+    Ok(Layout {
+        value_schema: project(&schema, &rest)?,
+        meta,
+    })
+}
+
+/// The full rows: the decoded columns, and the metadata of each row's
+/// record (`records[i]` is row `i`'s index in `messages`).
+fn with_metadata(
+    relation: &Relation,
+    layout: &Layout,
+    values: &RecordBatch,
+    records: &[usize],
+    messages: &[OwnedMessage],
+) -> Result<RecordBatch> {
+    if layout.meta.is_empty() {
+        return Ok(values.clone());
+    }
+    let schema = relation.schema();
+    let mut decoded = values.columns().iter();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for i in 0..schema.fields().len() {
+        let Some((_, what)) = layout.meta.iter().find(|(m, _)| *m == i) else {
+            columns.push(
+                decoded
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| SluiceError::internal("decoded columns do not match"))?,
+            );
+            continue;
+        };
+        let of = records.iter().map(|&r| &messages[r]);
+        columns.push(match what.as_str() {
+            "key" => {
+                Arc::new(StringArray::from_iter(of.map(|m| {
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned())
+                })))
+            }
+            "partition" => Arc::new(Int32Array::from_iter_values(of.map(|m| m.partition()))),
+            "offset" => Arc::new(Int64Array::from_iter_values(of.map(|m| m.offset()))),
+            _ => Arc::new(TimestampMicrosecondArray::from_iter(
+                of.map(|m| m.timestamp().to_millis().map(|ms| ms * 1000)),
+            )),
+        });
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
 /// Turns messages into what to write, and the bad ones (index, reason).
 fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Result<Converted> {
-    let schema = relation.schema();
-    let check = |b: &RecordBatch| relation.check_rows(b);
+    let layout = layout(relation)?;
+    let check = |b: &RecordBatch, records: &[usize]| {
+        relation.check_rows(&with_metadata(relation, &layout, b, records, messages)?)
+    };
     match format {
         Format::Json | Format::Csv => {
             let encoding = if format == Format::Csv {
@@ -322,8 +399,9 @@ fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Re
                 .iter()
                 .map(|m| m.payload().unwrap_or(b""))
                 .collect();
-            let d = decode(&schema, encoding, &records, &check)?;
-            let batch = relation.normalize_rows(d.batch)?;
+            let d = decode(&layout.value_schema, encoding, &records, &check)?;
+            let batch = with_metadata(relation, &layout, &d.batch, &d.rows_of, messages)?;
+            let batch = relation.normalize_rows(batch)?;
             Ok((vec![Ingest::Append(batch)], d.bad))
         }
         Format::UpsertJson => {
@@ -340,7 +418,7 @@ fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Re
                 let (part, seg_bad) = if deleting {
                     deletes(relation, segment)?
                 } else {
-                    upserts(relation, segment, &check)?
+                    upserts(relation, &layout, segment)?
                 };
                 out.extend(part);
                 bad.extend(seg_bad.into_iter().map(|(i, r)| (i + start, r)));
@@ -398,7 +476,7 @@ fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> 
         }
     }
     let records: Vec<&[u8]> = with_key.iter().map(|(_, k)| k.as_slice()).collect();
-    let no_nulls = |b: &RecordBatch| -> Result<()> {
+    let no_nulls = |b: &RecordBatch, _: &[usize]| -> Result<()> {
         if b.columns().iter().any(|c| c.null_count() > 0) {
             return Err(SluiceError::InvalidText {
                 message: "the key has a null primary key column".to_owned(),
@@ -416,18 +494,18 @@ fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> 
     Ok((vec![Ingest::DeleteKeys(d.batch)], bad))
 }
 
-fn upserts(
-    relation: &Relation,
-    messages: &[OwnedMessage],
-    check: &dyn Fn(&RecordBatch) -> Result<()>,
-) -> Result<Converted> {
+fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> Result<Converted> {
     let schema = relation.schema();
     let pk = relation.entry().primary_key.clone();
+    let check = |b: &RecordBatch| relation.check_rows(b);
     let records: Vec<&[u8]> = messages
         .iter()
         .map(|m| m.payload().unwrap_or(b""))
         .collect();
-    let values = decode(&schema, Encoding::Json, &records, &|_| Ok(()))?;
+    let mut values = decode(&layout.value_schema, Encoding::Json, &records, &|_, _| {
+        Ok(())
+    })?;
+    values.batch = with_metadata(relation, layout, &values.batch, &values.rows_of, messages)?;
     let mut bad = values.bad;
     // Keys: decoded for the rows whose record has one.
     let (keys, key_bad) = key_records(relation, messages, values.rows_of.iter().copied());
@@ -441,7 +519,7 @@ fn upserts(
         &key_schema,
         Encoding::Json,
         &present.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
-        &|_| Ok(()),
+        &|_, _| Ok(()),
     )?;
     let mut bad_records: Vec<usize> = key_bad.iter().map(|(i, _)| *i).collect();
     bad.extend(key_bad);

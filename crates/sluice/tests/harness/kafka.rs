@@ -502,3 +502,128 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
     drop(cluster);
     Ok(())
 }
+
+pub async fn startup_csv_and_metadata() -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    cluster.create_topic("csv-events", 1, 1)?;
+    let p = producer(&servers)?;
+    // 2024-05-01 10:00:00 and 11:00:00 UTC.
+    for (key, value, ts) in [
+        ("k1", "1,a", 1_714_557_600_000i64),
+        ("k2", "2,b", 1_714_561_200_000),
+    ] {
+        p.send(
+            BaseRecord::to("csv-events")
+                .key(key)
+                .payload(value)
+                .timestamp(ts),
+        )
+        .map_err(|(e, _)| e)?;
+    }
+    p.flush(Duration::from_secs(10))?;
+    let server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM c (id BIGINT, name TEXT, WATERMARK FOR kts AS kts - INTERVAL '1 second')
+               INCLUDE timestamp AS kts INCLUDE partition INCLUDE offset INCLUDE key
+               WITH (connector = 'kafka', topic = 'csv-events', format = 'csv',
+                     bootstrap_servers = '{servers}');
+             CREATE STREAM recent (id BIGINT, name TEXT)
+               WITH (connector = 'kafka', topic = 'csv-events', format = 'csv',
+                     bootstrap_servers = '{servers}', scan_startup = '2024-05-01 10:30:00');
+             CREATE STREAM newest (id BIGINT, name TEXT)
+               WITH (connector = 'kafka', topic = 'csv-events', format = 'csv',
+                     bootstrap_servers = '{servers}', scan_startup = 'latest');
+             CREATE MATERIALIZED VIEW all_c AS SELECT * FROM c;
+             CREATE MATERIALIZED VIEW recent_ids AS SELECT id FROM recent;
+             CREATE MATERIALIZED VIEW newest_ids AS SELECT id FROM newest;"
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'c'",
+        2,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(
+        &client,
+        "SELECT state FROM sluice_sources WHERE source = 'newest'",
+    )
+    .await?
+        != vec!["running"]
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the 'latest' source never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the consumer a moment past its assignment before producing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(&p, "csv-events", Some(0), Some("k3"), Some("3,c"))?;
+    p.flush(Duration::from_secs(10))?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'newest'",
+        1,
+    )
+    .await?;
+    if let Err(e) = wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'recent'",
+        2,
+    )
+    .await
+    {
+        client.batch_execute("FLUSH").await?;
+        bail!(
+            "{e}: {:?}",
+            rows(&client, "SELECT id FROM recent_ids").await?
+        );
+    }
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'c'",
+        3,
+    )
+    .await?;
+    client.batch_execute("FLUSH").await?;
+    let got = rows(&client, "SELECT id, name, kts, kafka_partition, kafka_offset, kafka_key FROM all_c WHERE id < 3 ORDER BY id").await?;
+    ensure!(
+        got == vec![
+            "1 a 2024-05-01 10:00:00 0 0 k1",
+            "2 b 2024-05-01 11:00:00 0 1 k2"
+        ],
+        "metadata columns: {got:?}"
+    );
+    ensure!(
+        rows(&client, "SELECT id FROM recent_ids ORDER BY id").await? == vec!["2", "3"],
+        "scan_startup time"
+    );
+    ensure!(
+        rows(&client, "SELECT id FROM newest_ids").await? == vec!["3"],
+        "scan_startup latest"
+    );
+    for (sql, code) in [
+        ("CREATE STREAM x (id BIGINT) INCLUDE offset", "42P16"),
+        (
+            "CREATE STREAM x (id BIGINT) INCLUDE headers WITH (connector = 'kafka', topic = 't')",
+            "42P16",
+        ),
+    ] {
+        let e = client
+            .batch_execute(sql)
+            .await
+            .err()
+            .with_context(|| format!("accepted: {sql}"))?;
+        ensure!(
+            e.as_db_error().map(|d| d.code().code()) == Some(code),
+            "{sql}: {e}"
+        );
+    }
+    drop(cluster);
+    Ok(())
+}
