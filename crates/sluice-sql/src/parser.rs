@@ -110,12 +110,7 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
         parser.expect_keyword_is(Keyword::FROM)?;
         let from = object_name(&parser.parse_object_name(false)?)?;
         parser.expect_keyword_is(Keyword::WITH)?;
-        parser.prev_token();
-        let options = parser
-            .parse_options(Keyword::WITH)?
-            .iter()
-            .map(option)
-            .collect::<Result<Vec<_>>>()?;
+        let options = with_options(parser)?;
         return Ok(Statement::CreateSink(Box::new(CreateSink {
             name,
             if_not_exists,
@@ -271,12 +266,7 @@ fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Stat
         include.push((what, column));
     }
     let options = if parser.parse_keyword(Keyword::WITH) {
-        parser.prev_token();
-        parser
-            .parse_options(Keyword::WITH)?
-            .iter()
-            .map(option)
-            .collect::<Result<Vec<_>>>()?
+        with_options(parser)?
     } else {
         Vec::new()
     };
@@ -329,27 +319,36 @@ fn set_primary_key(primary_key: &mut Vec<String>, key: Vec<String>) -> Result<()
     Ok(())
 }
 
-fn option(option: &ast::SqlOption) -> Result<(String, String)> {
-    match option {
-        ast::SqlOption::KeyValue { key, value } => {
-            let value = match value {
-                ast::Expr::Value(v) => match &v.value {
-                    ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
-                        s.clone()
-                    }
-                    ast::Value::Number(n, _) => n.clone(),
-                    ast::Value::Boolean(b) => b.to_string(),
-                    other => other.to_string(),
-                },
-                ast::Expr::Identifier(ident) => ident.value.clone(),
-                other => other.to_string(),
-            };
-            Ok((key.value.to_lowercase(), value))
+/// `(key = value, ...)` after `WITH`: keys may be dotted
+/// (`properties.fetch.max.bytes`) and are lower-cased; values are strings,
+/// numbers, booleans or bare words, kept as text.
+fn with_options(parser: &mut Parser) -> Result<Vec<(String, String)>> {
+    parser.expect_token(&Token::LParen)?;
+    let mut options = Vec::new();
+    loop {
+        let mut key = normalize_ident(&parser.parse_identifier()?);
+        while parser.consume_token(&Token::Period) {
+            key.push('.');
+            key.push_str(&normalize_ident(&parser.parse_identifier()?));
         }
-        other => Err(SluiceError::Syntax {
-            message: format!("expected key = value in WITH, found: {other}"),
-        }),
+        parser.expect_token(&Token::Eq)?;
+        let value = match parser.parse_expr()? {
+            ast::Expr::Value(v) => match v.value {
+                ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s,
+                ast::Value::Number(n, _) => n,
+                ast::Value::Boolean(b) => b.to_string(),
+                other => other.to_string(),
+            },
+            ast::Expr::Identifier(ident) => ident.value,
+            other => other.to_string(),
+        };
+        options.push((key, value));
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
     }
+    parser.expect_token(&Token::RParen)?;
+    Ok(options)
 }
 
 /// Whether the next tokens are these words (keywords or not), case-insensitively.
@@ -378,6 +377,23 @@ mod tests {
         let mut v = parse(sql).expect(sql);
         assert_eq!(v.len(), 1, "{sql}");
         v.remove(0)
+    }
+
+    #[test]
+    fn dotted_option_keys() {
+        let Statement::CreateSink(sink) = one(
+            "CREATE SINK s FROM v WITH (connector = 'kafka', properties.message.timeout.ms = 300, Topic = t)",
+        ) else {
+            panic!("not a sink");
+        };
+        assert_eq!(
+            sink.options,
+            vec![
+                ("connector".to_owned(), "kafka".to_owned()),
+                ("properties.message.timeout.ms".to_owned(), "300".to_owned()),
+                ("topic".to_owned(), "t".to_owned()),
+            ]
+        );
     }
 
     #[test]

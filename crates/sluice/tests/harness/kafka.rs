@@ -140,6 +140,8 @@ pub async fn sources_read_json_and_upserts() -> anyhow::Result<()> {
     cluster.create_topic("pageviews", 3, 1)?;
     cluster.create_topic("profile-edits", 1, 1)?;
     cluster.create_topic("pageviews-bad", 1, 1)?;
+    cluster.create_topic("enriched", 1, 1)?;
+    cluster.create_topic("views-by-job", 1, 1)?;
     let p = producer(&servers)?;
     // Profiles: a JSON-object key, a bare key, an update, a tombstone.
     send(
@@ -270,6 +272,40 @@ pub async fn sources_read_json_and_upserts() -> anyhow::Result<()> {
         "dead letter lacks the record or its coordinates: {dead:?}"
     );
 
+    // The issue's sinks: every enriched event, and views_by_job as upserts
+    // keyed by its GROUP BY columns.
+    client
+        .batch_execute(&format!(
+            "CREATE SINK enriched_out FROM enriched
+               WITH (connector = 'kafka', topic = 'enriched', bootstrap_servers = '{servers}', format = 'json');
+             CREATE SINK jobs_out FROM views_by_job
+               WITH (connector = 'kafka', topic = 'views-by-job', bootstrap_servers = '{servers}',
+                     format = 'upsert_json');
+             FLUSH;"
+        ))
+        .await?;
+    let out = read_topic(&servers, "enriched", 1, 4)?;
+    ensure!(
+        out.len() == 4
+            && out.iter().any(|(v, _)| v
+                == r#"{"viewer_id":9999,"viewed_id":4567,"ts":"2022-08-12T02:03:00","job":null,"op":"insert"}"#),
+        "enriched topic: {out:?}"
+    );
+    let mut jobs: Vec<String> = read_topic(&servers, "views-by-job", 1, 4)?
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    jobs.sort();
+    ensure!(
+        jobs == vec![
+            r#"{"viewed_id":1,"job":"Google"} => {"viewed_id":1,"job":"Google","views":1}"#,
+            r#"{"viewed_id":4567,"job":"ACME"} => {"viewed_id":4567,"job":"ACME","views":1}"#,
+            r#"{"viewed_id":4567,"job":"Google"} => {"viewed_id":4567,"job":"Google","views":1}"#,
+            r#"{"viewed_id":4567,"job":null} => {"viewed_id":4567,"job":null,"views":1}"#,
+        ],
+        "views-by-job topic: {jobs:?}"
+    );
+
     // A restart continues from the stored offsets: nothing twice.
     server.restart().await?;
     let client = connect(server.addr()).await?;
@@ -313,6 +349,14 @@ pub async fn sources_read_json_and_upserts() -> anyhow::Result<()> {
     ensure!(
         rows(&client, "SELECT job FROM profiles WHERE user_id = 1234").await? == vec!["Meta"],
         "the profile update after the restart is missing"
+    );
+    let jobs = read_topic(&servers, "views-by-job", 1, 5)?;
+    ensure!(
+        jobs.last().map(|(v, _)| v.as_str())
+            == Some(
+                r#"{"viewed_id":4567,"job":"ACME"} => {"viewed_id":4567,"job":"ACME","views":2}"#
+            ),
+        "views-by-job after the restart: {jobs:?}"
     );
     drop(cluster);
     Ok(())
@@ -417,7 +461,8 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
              INSERT INTO pageviews VALUES (1234, 4567, '2022-08-12 02:06:49');
              FLUSH;
              CREATE SINK enriched_out FROM enriched
-               WITH (connector = 'kafka', topic = 'enriched', bootstrap_servers = '{servers}', format = 'json');
+               WITH (connector = 'kafka', topic = 'enriched', bootstrap_servers = '{servers}', format = 'json',
+                     properties.message.timeout.ms = '300');
              CREATE SINK jobs_out FROM jobs
                WITH (connector = 'kafka', topic = 'jobs', bootstrap_servers = '{servers}', format = 'upsert_json');
              INSERT INTO pageviews VALUES (2345, 4567, '2022-08-12 02:07:00');
@@ -498,6 +543,39 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
         values.len() == 3
             && values[2] == r#"{"viewer_id":1234,"viewed_id":1,"job":"Meta","op":"insert"}"#,
         "enriched topic after the restart: {values:?}"
+    );
+    // The broker goes away: deliveries fail, are retried and reported, and
+    // nothing is lost once it is back.
+    cluster.broker_down(1)?;
+    client
+        .batch_execute("INSERT INTO pageviews VALUES (2345, 2, '2022-08-12 04:00:00')")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = rows(
+            &client,
+            "SELECT state, failed_deliveries > 0 FROM sluice_sinks WHERE sink = 'enriched_out'",
+        )
+        .await?;
+        if state
+            .first()
+            .is_some_and(|s| s.starts_with("retrying: ") && s.ends_with(" t"))
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a failing sink is not reported: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.broker_up(1)?;
+    client.batch_execute("FLUSH").await?;
+    let values = read_topic(&servers, "enriched", 1, 4)?;
+    ensure!(
+        values.len() == 4
+            && values[3].0 == r#"{"viewer_id":2345,"viewed_id":2,"job":"ACME","op":"insert"}"#,
+        "enriched topic after the broker came back: {values:?}"
     );
     drop(cluster);
     Ok(())
