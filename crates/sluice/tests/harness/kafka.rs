@@ -448,6 +448,7 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
     let servers = cluster.bootstrap_servers();
     cluster.create_topic("enriched", 1, 1)?;
     cluster.create_topic("jobs", 1, 1)?;
+    cluster.create_topic("raw", 1, 1)?;
     let mut server = TestServer::start().await?;
     let client = connect(server.addr()).await?;
     client
@@ -533,9 +534,22 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
     // The sink survives a restart and neither repeats nor loses records.
     server.restart().await?;
     let client = connect(server.addr()).await?;
+    // A stream's sink: its events as they are, from now on.
+    client
+        .batch_execute(&format!(
+            "CREATE SINK raw_out FROM pageviews
+               WITH (connector = 'kafka', topic = 'raw', bootstrap_servers = '{servers}');"
+        ))
+        .await?;
     client
         .batch_execute("INSERT INTO pageviews VALUES (1234, 1, '2022-08-12 03:00:00'); FLUSH")
         .await?;
+    let raw = read_topic(&servers, "raw", 1, 1)?;
+    ensure!(
+        raw.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>()
+            == vec![r#"{"viewer_id":1234,"viewed_id":1,"ts":"2022-08-12T03:00:00"}"#],
+        "raw topic: {raw:?}"
+    );
     // Three records, and no fourth (a repeat) within two seconds.
     let enriched = read_topic_for(&servers, "enriched", 1, 4, Duration::from_secs(2))?;
     let values: Vec<&str> = enriched.iter().map(|(v, _)| v.as_str()).collect();
