@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -j2 -p sluice
 mkdir -p benchmarks/results
-out="benchmarks/results/views-$(date +%Y-%m-%d).json"
+suffix=""
+case " $* " in *" --source kafka "*) suffix="-kafka" ;; esac
+out="benchmarks/results/views${suffix}-$(date +%Y-%m-%d).json"
 "$target/release/sluice" bench views --output "$out" "$@"
 echo "written to $out" >&2

@@ -122,19 +122,22 @@ async fn run_sql(engine: &Engine, sql: &str) -> anyhow::Result<sluice_server::Ou
     last.context("no statement")
 }
 
-/// Produces the events as JSON records into `topic` (not timed).
-fn produce(
+/// Produces the events as JSON records into `topic` (not timed), each
+/// batch delivered (and what failed sent again) before the next.
+async fn produce(
     servers: &str,
+    partitions: i32,
     schema: &Arc<Schema>,
     events: usize,
     batch_size: usize,
     customers: usize,
 ) -> anyhow::Result<()> {
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("queue.buffering.max.messages", "1000000")
         .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
         .create()?;
     let mut sent = 0;
     while sent < events {
@@ -143,31 +146,37 @@ fn produce(
         let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
         writer.write(&batch)?;
         writer.finish()?;
-        for line in writer
-            .into_inner()
+        let buf = writer.into_inner();
+        // Round robin over the partitions, so that each gets its share.
+        let mut todo: Vec<(i32, &[u8])> = buf
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
-        {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("orders").payload(line);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r)) => {
-                        if !matches!(
-                            e.rdkafka_error_code(),
-                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ) {
-                            anyhow::bail!("cannot produce: {e}");
-                        }
-                        record = r;
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                    }
-                }
-            }
+            .enumerate()
+            .map(|(i, l)| (((sent + i) % partitions as usize) as i32, l))
+            .collect();
+        let mut attempts = 0;
+        while !todo.is_empty() {
+            attempts += 1;
+            anyhow::ensure!(attempts <= 20, "the broker keeps refusing records");
+            let deliveries = todo.iter().map(|(partition, line)| {
+                producer.send(
+                    FutureRecord::<[u8], [u8]>::to("orders")
+                        .partition(*partition)
+                        .payload(*line),
+                    std::time::Duration::from_secs(30),
+                )
+            });
+            let results = futures::future::join_all(deliveries).await;
+            todo = todo
+                .into_iter()
+                .zip(results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(record, _)| record)
+                .collect();
         }
         sent += n;
     }
-    producer.flush(std::time::Duration::from_secs(60))?;
+    tracing::info!(events, "events produced");
     Ok(())
 }
 
@@ -203,13 +212,12 @@ pub async fn run(
         Source::Insert => None,
         Source::Kafka => {
             let cluster = rdkafka::mocking::MockCluster::new(1)?;
-            cluster.create_topic("orders", 2, 1)?;
+            // A mock partition keeps at most 100,000 records or 5 MB (it
+            // drops the oldest): spread the events so none is dropped.
+            let partitions = events.div_ceil(50_000).max(2) as i32;
+            cluster.create_topic("orders", partitions, 1)?;
             let servers = cluster.bootstrap_servers();
-            let s = schema.clone();
-            tokio::task::spawn_blocking(move || {
-                produce(&servers, &s, events, batch_size, customers)
-            })
-            .await??;
+            produce(&servers, partitions, &schema, events, batch_size, customers).await?;
             Some(cluster)
         }
     };
@@ -252,6 +260,7 @@ pub async fn run(
                 &format!("CREATE MATERIALIZED VIEW revenue AS {VIEW}"),
             )
             .await?;
+            let mut last = (0i64, Instant::now());
             loop {
                 let read = match run_sql(&engine, "SELECT rows FROM sluice_sources").await? {
                     sluice_server::Output::Rows { batches, .. } => batches
@@ -267,6 +276,24 @@ pub async fn run(
                 };
                 if read as usize >= events {
                     break;
+                }
+                if read != last.0 {
+                    last = (read, Instant::now());
+                }
+                anyhow::ensure!(
+                    last.1.elapsed() < std::time::Duration::from_secs(30),
+                    "the source stopped at {read} of {events} events"
+                );
+                if let sluice_server::Output::Rows { batches, .. } =
+                    run_sql(&engine, "SELECT lag FROM sluice_sources").await?
+                {
+                    let lag = batches.first().and_then(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<Int64Array>()
+                            .map(|a| a.value(0))
+                    });
+                    tracing::debug!(read, ?lag, "events read so far");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }

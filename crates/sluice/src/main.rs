@@ -169,6 +169,13 @@ fn main() -> anyhow::Result<()> {
                     output,
                 },
         } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .init();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             let report =
                 runtime.block_on(bench::run(events, batch.max(1), customers.max(1), source))?;

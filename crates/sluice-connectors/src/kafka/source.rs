@@ -182,6 +182,7 @@ async fn read(
                 continue;
             }
         }
+        tracing::debug!(source = %relation.name(), records = messages.len(), "poll");
         let bytes: u64 = messages
             .iter()
             .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
@@ -224,6 +225,7 @@ async fn read(
             Err(SluiceError::UndefinedObject { .. }) => return Ok(()),
             Err(e) => return Err(e),
         }
+        tracing::debug!(source = %relation.name(), "written");
         status.add(
             rows as u64,
             bytes,
