@@ -313,6 +313,16 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+fn name_is_free(inner: &Inner, name: &str) -> Result<()> {
+    match inner.relations.get(name) {
+        Some(existing) => Err(SluiceError::DuplicateObject {
+            kind: existing.kind().into(),
+            name: name.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Catalog {
     /// Loads the catalog stored in `store` (empty on a new store).
     pub fn open(store: Arc<dyn StateBackend>) -> Result<Arc<Self>> {
@@ -468,12 +478,7 @@ impl Catalog {
         depends_on: Vec<String>,
     ) -> Result<Arc<Relation>> {
         let inner = self.read()?;
-        if let Some(existing) = inner.relations.get(name) {
-            return Err(SluiceError::DuplicateObject {
-                kind: existing.kind().into(),
-                name: name.to_owned(),
-            });
-        }
+        name_is_free(&inner, name)?;
         let entry = RelationEntry::new_view(inner.next_id, name, query, schema, depends_on)?;
         Ok(Arc::new(Relation::try_new(entry, 0)?))
     }
@@ -488,12 +493,7 @@ impl Catalog {
         key: Vec<usize>,
     ) -> Result<Arc<Relation>> {
         let inner = self.read()?;
-        if let Some(existing) = inner.relations.get(name) {
-            return Err(SluiceError::DuplicateObject {
-                kind: existing.kind().into(),
-                name: name.to_owned(),
-            });
-        }
+        name_is_free(&inner, name)?;
         let entry = RelationEntry::new_sink(inner.next_id, name, &from.entry, options, key)?;
         Ok(Arc::new(Relation::try_new(entry, 0)?))
     }

@@ -195,17 +195,22 @@ impl Dataflow {
             .map_err(|_| SluiceError::internal("the dataflow stopped"))
     }
 
-    /// Runs a view's operators as tasks, its output going to the view's rows.
-    fn start(&self, relation: Arc<Relation>, root: Node) -> Result<()> {
-        let id = relation.entry().id;
-        let env = TaskEnv {
+    /// What the tasks of view (or sink) `id` share.
+    fn task_env(&self, id: u64) -> TaskEnv {
+        TaskEnv {
             store: self.catalog.store().clone(),
             session: self.ctx.clone(),
             reports: self.reports.clone(),
             committed: self.committed.clone(),
             view: id,
             cache_bytes: self.options.operator_cache_bytes,
-        };
+        }
+    }
+
+    /// Runs a view's operators as tasks, its output going to the view's rows.
+    fn start(&self, relation: Arc<Relation>, root: Node) -> Result<()> {
+        let id = relation.entry().id;
+        let env = self.task_env(id);
         let (sink, sink_inbox) = runtime::inbox();
         let mut spawned = Spawned::default();
         let mut event_time = Vec::new();
@@ -286,14 +291,7 @@ impl Dataflow {
         snapshot: Option<datafusion::arrow::array::RecordBatch>,
     ) -> Result<()> {
         let id = relation.entry().id;
-        let env = TaskEnv {
-            store: self.catalog.store().clone(),
-            session: self.ctx.clone(),
-            reports: self.reports.clone(),
-            committed: self.committed.clone(),
-            view: id,
-            cache_bytes: self.options.operator_cache_bytes,
-        };
+        let env = self.task_env(id);
         let (outlet, inbox) = runtime::inbox();
         let task = spawn(inbox, env);
         if let Some(rows) = snapshot.filter(|r| r.num_rows() > 0) {
