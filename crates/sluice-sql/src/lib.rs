@@ -6,6 +6,7 @@ pub mod ast;
 pub mod naming;
 pub mod parser;
 pub mod types;
+pub mod windows;
 
 pub use ast::{
     ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,

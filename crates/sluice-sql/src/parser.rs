@@ -28,7 +28,9 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         if parser.peek_token().token == Token::EOF {
             break;
         }
-        statements.push(parse_statement(&mut parser)?);
+        let mut statement = parse_statement(&mut parser)?;
+        crate::windows::rewrite_windows(&mut statement)?;
+        statements.push(statement);
         if !parser.consume_token(&Token::SemiColon) && parser.peek_token().token != Token::EOF {
             let found = parser.peek_token();
             return Err(ParserError::ParserError(format!(
