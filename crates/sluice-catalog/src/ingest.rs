@@ -38,13 +38,14 @@ impl Relation {
     /// order) that exist and returns the change (the deleted rows,
     /// retracted).
     pub fn delete_keys(&self, txn: &mut StateTxn, keys: &RecordBatch) -> Result<ChangeBatch> {
-        let mut full: Vec<Vec<u8>> = Vec::with_capacity(keys.num_rows());
-        for k in self.codec.encode_key_columns(keys.columns())? {
-            let k = self.row_key(&k);
-            if !full.contains(&k) {
-                full.push(k);
-            }
-        }
+        let mut seen = std::collections::HashSet::with_capacity(keys.num_rows());
+        let full: Vec<Vec<u8>> = self
+            .codec
+            .encode_key_columns(keys.columns())?
+            .iter()
+            .map(|k| self.row_key(k))
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
         let old = txn.multi_get(&full)?;
         let mut retracted = Vec::new();
         for (k, old) in full.into_iter().zip(old) {

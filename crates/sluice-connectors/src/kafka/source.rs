@@ -523,11 +523,12 @@ fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> R
         &present.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
         &|_, _| Ok(()),
     )?;
-    let mut bad_records: Vec<usize> = key_bad.iter().map(|(i, _)| *i).collect();
+    let mut bad_records: std::collections::HashSet<usize> =
+        key_bad.iter().map(|(i, _)| *i).collect();
     bad.extend(key_bad);
     for (j, r) in key_rows.bad {
         bad.push((present[j].0, format!("bad key: {r}")));
-        bad_records.push(present[j].0);
+        bad_records.insert(present[j].0);
     }
     // For each value row: its key row (index past the value rows) or its
     // own key columns.

@@ -43,23 +43,32 @@ fn send(
     Ok(())
 }
 
-/// Polls `sql` (one bigint) until it returns `want`.
-async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: i64) -> anyhow::Result<()> {
+/// Polls `sql` until its rows (as text, cells joined by spaces) satisfy
+/// `done`, for at most 30 seconds; returns the last rows either way.
+async fn wait_until(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> anyhow::Result<Vec<String>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = rows(client, sql).await?;
-        if got == vec![want.to_string()] {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let states = client
-                .query("SELECT source || ': ' || state FROM sluice_sources", &[])
-                .await?;
-            let states: Vec<String> = states.iter().map(|r| r.get(0)).collect();
-            bail!("{sql}: got {got:?}, want {want} (sources: {states:?})");
+        if done(&got) || Instant::now() > deadline {
+            return Ok(got);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `sql` (one bigint) until it returns `want`.
+async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: i64) -> anyhow::Result<()> {
+    let want_rows = vec![want.to_string()];
+    let got = wait_until(client, sql, |r| r == want_rows.as_slice()).await?;
+    if got != want_rows {
+        let states = rows(client, "SELECT source || ': ' || state FROM sluice_sources").await?;
+        bail!("{sql}: got {got:?}, want {want} (sources: {states:?})");
+    }
+    Ok(())
 }
 
 async fn rows(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
@@ -402,20 +411,13 @@ pub async fn on_error_skip_and_fail() -> anyhow::Result<()> {
         3,
     )
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let state = loop {
-        let state: String = client
-            .query_one(
-                "SELECT state FROM sluice_sources WHERE source = 'failing'",
-                &[],
-            )
-            .await?
-            .get(0);
-        if state.starts_with("failed") || Instant::now() > deadline {
-            break state;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let state = wait_until(
+        &client,
+        "SELECT state FROM sluice_sources WHERE source = 'failing'",
+        |r| r.first().is_some_and(|s| s.starts_with("failed")),
+    )
+    .await?
+    .join("");
     ensure!(
         state.starts_with("failed: failed at topic events partition 0 offset 2: "),
         "state of the failing source: {state}"
@@ -564,25 +566,21 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
     client
         .batch_execute("INSERT INTO pageviews VALUES (2345, 2, '2022-08-12 04:00:00')")
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = rows(
-            &client,
-            "SELECT state, failed_deliveries > 0 FROM sluice_sinks WHERE sink = 'enriched_out'",
-        )
-        .await?;
-        if state
+    let state = wait_until(
+        &client,
+        "SELECT state, failed_deliveries > 0 FROM sluice_sinks WHERE sink = 'enriched_out'",
+        |r| {
+            r.first()
+                .is_some_and(|s| s.starts_with("retrying: ") && s.ends_with(" t"))
+        },
+    )
+    .await?;
+    ensure!(
+        state
             .first()
-            .is_some_and(|s| s.starts_with("retrying: ") && s.ends_with(" t"))
-        {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "a failing sink is not reported: {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .is_some_and(|s| s.starts_with("retrying: ") && s.ends_with(" t")),
+        "a failing sink is not reported: {state:?}"
+    );
     cluster.broker_up(1)?;
     client.batch_execute("FLUSH").await?;
     let values = read_topic(&servers, "enriched", 1, 4)?;
@@ -639,20 +637,16 @@ pub async fn startup_csv_and_metadata() -> anyhow::Result<()> {
         2,
     )
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rows(
+    let state = wait_until(
         &client,
         "SELECT state FROM sluice_sources WHERE source = 'newest'",
+        |r| r == ["running"],
     )
-    .await?
-        != vec!["running"]
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the 'latest' source never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    .await?;
+    ensure!(
+        state == vec!["running"],
+        "the 'latest' source never started: {state:?}"
+    );
     // Give the consumer a moment past its assignment before producing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     send(&p, "csv-events", Some(0), Some("k3"), Some("3,c"))?;
