@@ -34,6 +34,9 @@ pub struct Config {
     /// How often the dataflow checkpoints (commits operator state and view
     /// rows), in milliseconds. `FLUSH` checkpoints at once. Default: `1000`.
     pub checkpoint_interval_ms: u64,
+    /// How many late rows `sluice_late_events` keeps (the newest).
+    /// Default: `10000`.
+    pub late_events_retention: usize,
 }
 
 /// How a configured password is checked.
@@ -73,6 +76,7 @@ impl Default for Config {
             state_cache_mb: 256,
             operator_cache_mb: 64,
             checkpoint_interval_ms: 1000,
+            late_events_retention: 10_000,
         }
     }
 }

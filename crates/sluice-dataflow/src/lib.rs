@@ -14,6 +14,7 @@
 //!
 //! Operators live in `operators/`, one file each.
 
+pub mod late;
 pub mod operators;
 pub mod runtime;
 
@@ -30,6 +31,8 @@ pub struct OpContext<'a> {
     pub txn: &'a mut StateTxn,
     /// DataFusion, for operators that evaluate plans over their state.
     pub session: &'a SessionContext,
+    /// Where an operator puts the rows it dropped as late.
+    pub late: &'a mut Vec<late::LateRows>,
 }
 
 /// An incremental operator: the change of its inputs in, the change of its
@@ -51,6 +54,20 @@ pub trait Operator: Send + Sync {
     /// when the view is created.
     async fn initialize(
         &self,
+        _state: &[u8],
+        _ctx: &mut OpContext<'_>,
+    ) -> Result<Option<ChangeBatch>> {
+        Ok(None)
+    }
+
+    /// The input watermarks advanced (`watermarks[i]` is input `i`'s, in
+    /// microseconds, `None` for an input that carries none or has not
+    /// reported one): frees the state the watermark closed, and returns what
+    /// closing it emits (the final rows of `EMIT ON WINDOW CLOSE` windows).
+    /// Called at checkpoint barriers, before the watermark is passed on.
+    async fn on_watermark(
+        &self,
+        _watermarks: &[Option<i64>],
         _state: &[u8],
         _ctx: &mut OpContext<'_>,
     ) -> Result<Option<ChangeBatch>> {
@@ -107,6 +124,26 @@ impl Node {
         let mut out = Vec::new();
         self.collect_sources(&mut out);
         out
+    }
+
+    /// The names of the relations this node reads (for late-row reports).
+    pub fn source_names(&self) -> String {
+        let mut names: Vec<String> = Vec::new();
+        self.collect_names(&mut names);
+        names.join(", ")
+    }
+
+    fn collect_names(&self, out: &mut Vec<String>) {
+        match self {
+            Node::Source { name, .. } => {
+                // `name` reads "<kind> <name>".
+                let name = name.split_once(' ').map_or(name.as_str(), |(_, n)| n);
+                if !out.iter().any(|n| n == name) {
+                    out.push(name.to_owned());
+                }
+            }
+            Node::Op { inputs, .. } => inputs.iter().for_each(|i| i.collect_names(out)),
+        }
     }
 
     fn collect_sources(&self, out: &mut Vec<u64>) {

@@ -30,6 +30,7 @@ use sluice_state::{StateBackend, StateTxn, WriteBatch};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::late::{LateEvents, LateRows};
 use crate::{Node, OpContext, Operator};
 
 /// How many messages a task's inbox holds before senders wait.
@@ -103,6 +104,10 @@ pub struct TaskEnv {
     pub view: u64,
     /// How many bytes of state a task may keep cached in memory.
     pub cache_bytes: usize,
+    /// The view's name.
+    pub name: Arc<str>,
+    /// Where late rows go.
+    pub late: Arc<LateEvents>,
 }
 
 impl std::fmt::Debug for TaskEnv {
@@ -187,6 +192,11 @@ impl Watermarks {
         }
     }
 
+    /// Each input's watermark (`None`: carries none or none yet).
+    pub fn inputs(&self) -> &[Option<i64>] {
+        &self.current
+    }
+
     /// Whether any input carries a watermark.
     pub fn any(&self) -> bool {
         self.carries.iter().any(|c| *c)
@@ -264,6 +274,7 @@ pub fn spawn(
             let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
             let mut chains = Vec::with_capacity(inputs.len());
             let mut carried = Vec::with_capacity(inputs.len());
+            let sources: Vec<String> = inputs.iter().map(Node::source_names).collect();
             for (i, input) in inputs.into_iter().enumerate() {
                 let outlet = Outlet::new(tx.clone(), i);
                 match peel(input) {
@@ -282,8 +293,14 @@ pub fn spawn(
             let env = env.clone();
             let watermarks = Watermarks::new(carried);
             let any = watermarks.any();
+            let task = Task {
+                op,
+                state,
+                chains,
+                sources,
+            };
             spawned.tasks.push(tokio::spawn(async move {
-                run_operator(op, state, chains, watermarks, rx, out, env).await;
+                task.run(watermarks, rx, out, env).await;
             }));
             any
         }
@@ -340,65 +357,115 @@ impl Aligner {
     }
 }
 
-async fn run_operator(
+/// One operator's task.
+struct Task {
     op: Box<dyn Operator>,
     state: Vec<u8>,
     chains: Vec<Chain>,
-    mut watermarks: Watermarks,
-    mut inbox: Inbox,
-    out: Outlet,
-    env: TaskEnv,
-) {
-    let mut txn = StateTxn::new(env.store.clone());
-    let mut aligner = Aligner::new(chains.len());
-    let mut failure: Option<SluiceError> = None;
-    let mut failed = false;
-    while let Some((input, message)) = aligner.next(&mut inbox).await {
-        match message {
-            Message::Data(changes) => {
-                if failed {
+    /// The relations below each input, for late-row reports.
+    sources: Vec<String>,
+}
+
+impl Task {
+    async fn run(self, mut watermarks: Watermarks, mut inbox: Inbox, out: Outlet, env: TaskEnv) {
+        let Task {
+            op,
+            state,
+            chains,
+            sources,
+        } = self;
+        let mut txn = StateTxn::new(env.store.clone());
+        let mut aligner = Aligner::new(chains.len());
+        let mut failure: Option<SluiceError> = None;
+        let mut failed = false;
+        let mut late: Vec<LateRows> = Vec::new();
+        // The output watermark not yet passed on, and whether any input's
+        // watermark moved since the last barrier.
+        let mut pending_watermark: Option<i64> = None;
+        let mut watermark_moved = false;
+        while let Some((input, message)) = aligner.next(&mut inbox).await {
+            let result = match message {
+                Message::Data(changes) => {
+                    if failed {
+                        continue;
+                    }
+                    let mut ctx = OpContext {
+                        txn: &mut txn,
+                        session: &env.session,
+                        late: &mut late,
+                    };
+                    let processed = match chains.get(input) {
+                        Some(chain) => apply_chain(chain, changes, &mut ctx).await,
+                        None => Ok(changes),
+                    };
+                    let result = match processed {
+                        Ok(c) if c.is_empty() => continue,
+                        Ok(c) => op.process(input, c, &state, &mut ctx).await.map(Some),
+                        Err(e) => Err(e),
+                    };
+                    let source = sources.get(input).map_or("", String::as_str);
+                    for rows in late.drain(..) {
+                        env.late.record(&state, &env.name, source, rows);
+                    }
+                    result
+                }
+                Message::Watermark(w) => {
+                    let before = watermarks.inputs().get(input).copied().flatten();
+                    if let Some(w) = watermarks.advance(input, w) {
+                        pending_watermark = Some(w);
+                    }
+                    watermark_moved |= watermarks.inputs().get(input).copied().flatten() != before;
                     continue;
                 }
-                let mut ctx = OpContext {
-                    txn: &mut txn,
-                    session: &env.session,
-                };
-                let processed = match chains.get(input) {
-                    Some(chain) => apply_chain(chain, changes, &mut ctx).await,
-                    None => Ok(changes),
-                };
-                let processed = match processed {
-                    Ok(c) if c.is_empty() => continue,
-                    Ok(c) => op.process(input, c, &state, &mut ctx).await,
-                    Err(e) => Err(e),
-                };
-                match processed {
-                    Ok(output) => {
-                        if !output.is_empty() && !out.send(Message::Data(output)).await {
+                Message::Barrier(epoch) => {
+                    if watermark_moved && !failed {
+                        watermark_moved = false;
+                        let mut ctx = OpContext {
+                            txn: &mut txn,
+                            session: &env.session,
+                            late: &mut late,
+                        };
+                        match op.on_watermark(watermarks.inputs(), &state, &mut ctx).await {
+                            Ok(Some(output)) if !output.is_empty() => {
+                                if !out.send(Message::Data(output)).await {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(view = env.view, operator = %op.explain(), error = %e,
+                                    "operator stopped at an error");
+                                failed = true;
+                                failure = Some(e);
+                            }
+                        }
+                    }
+                    if let Some(w) = pending_watermark.take() {
+                        if !out.send(Message::Watermark(w)).await {
                             break;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(view = env.view, operator = %op.explain(), error = %e,
-                            "operator stopped at an error");
-                        failed = true;
-                        failure = Some(e);
+                    if !env.checkpoint(epoch, &mut txn, failure.take()) {
+                        break;
                     }
+                    if !out.send(Message::Barrier(epoch)).await {
+                        break;
+                    }
+                    continue;
                 }
-            }
-            Message::Watermark(w) => {
-                if let Some(w) = watermarks.advance(input, w) {
-                    if !out.send(Message::Watermark(w)).await {
+            };
+            match result {
+                Ok(Some(output)) => {
+                    if !output.is_empty() && !out.send(Message::Data(output)).await {
                         break;
                     }
                 }
-            }
-            Message::Barrier(epoch) => {
-                if !env.checkpoint(epoch, &mut txn, failure.take()) {
-                    break;
-                }
-                if !out.send(Message::Barrier(epoch)).await {
-                    break;
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(view = env.view, operator = %op.explain(), error = %e,
+                        "operator stopped at an error");
+                    failed = true;
+                    failure = Some(e);
                 }
             }
         }
@@ -469,6 +536,8 @@ mod tests {
             committed,
             view: 9,
             cache_bytes: 1 << 20,
+            name: Arc::from("v"),
+            late: Arc::new(LateEvents::new(10)),
         };
         let (out, mut sink) = inbox();
         let mut spawned = Spawned::default();
@@ -501,7 +570,8 @@ mod tests {
                 Message::Barrier(e) => format!("B{e}"),
             });
         }
-        assert_eq!(seen, vec!["D1", "D3", "W80", "W100", "B1"]);
+        // Watermarks pass on at the barrier, after what they close.
+        assert_eq!(seen, vec!["D1", "D3", "W100", "B1"]);
         let report = reports.recv().await.expect("report");
         assert_eq!((report.epoch, report.view), (1, 9));
         assert!(report.failure.is_none());

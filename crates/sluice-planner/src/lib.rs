@@ -12,7 +12,9 @@
 //! After a restart, views are planned again from their SQL (operator ids
 //! are the same, so their state is found again).
 
+mod event_time;
 mod plan;
+mod system;
 mod tasks;
 
 use std::sync::{Arc, RwLock};
@@ -27,6 +29,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 use sluice_catalog::{Catalog, ChangeListener, Created, LoggedChange, Relation};
 use sluice_common::{ChangeBatch, Result, SluiceError};
+use sluice_dataflow::late::LateEvents;
 use sluice_dataflow::runtime::{self, Report, Spawned, TaskEnv};
 use sluice_dataflow::{Node, OpContext};
 use sluice_sql::{CreateView, Drop, RelationKind};
@@ -44,6 +47,8 @@ pub struct DataflowOptions {
     pub checkpoint_interval: Duration,
     /// State each operator keeps in memory above the store, in bytes.
     pub operator_cache_bytes: usize,
+    /// How many late rows `sluice_late_events` keeps (the newest).
+    pub late_events_retention: usize,
 }
 
 impl Default for DataflowOptions {
@@ -51,6 +56,7 @@ impl Default for DataflowOptions {
         DataflowOptions {
             checkpoint_interval: Duration::from_secs(1),
             operator_cache_bytes: 64 << 20,
+            late_events_retention: 10_000,
         }
     }
 }
@@ -65,6 +71,7 @@ pub struct Dataflow {
     reports: mpsc::UnboundedSender<Report>,
     committed: watch::Receiver<u64>,
     services: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    late: Arc<LateEvents>,
 }
 
 impl std::fmt::Debug for Dataflow {
@@ -88,6 +95,7 @@ impl Dataflow {
     /// The dataflow of `catalog`; queries are planned in `ctx`. Starts the
     /// router and the coordinator; call [`Self::load`] next.
     pub fn new(catalog: Arc<Catalog>, ctx: SessionContext, options: DataflowOptions) -> Arc<Self> {
+        let late = Arc::new(LateEvents::new(options.late_events_retention));
         let registry: SharedRegistry = Arc::new(RwLock::new(Registry::default()));
         let (router_tx, router_rx) = mpsc::channel(runtime::INBOX_CAPACITY);
         let (begins_tx, begins_rx) = mpsc::unbounded_channel();
@@ -116,6 +124,7 @@ impl Dataflow {
             reports: reports_tx,
             committed: committed_rx,
             services: std::sync::Mutex::new(services),
+            late,
         })
     }
 
@@ -129,9 +138,27 @@ impl Dataflow {
         Ok(state.optimize(&plan)?)
     }
 
-    fn build(&self, plan: &LogicalPlan, view_id: u64) -> Result<(Node, Vec<String>)> {
+    fn build(
+        &self,
+        plan: &LogicalPlan,
+        view_id: u64,
+        emit_on_window_close: bool,
+    ) -> Result<(Node, Vec<String>)> {
         let mut builder = Builder::new(&self.catalog, &self.ctx, view_id);
+        builder.emit_on_window_close = emit_on_window_close;
         let root = builder.build(plan)?;
+        if emit_on_window_close && builder.windows == 0 {
+            return Err(SluiceError::InvalidDefinition {
+                message: "EMIT ON WINDOW CLOSE needs a GROUP BY on the window of a stream with a \
+                          watermark, and this view has none"
+                    .to_owned(),
+                hint: Some(
+                    "group by window_start/window_end of TUMBLE, HOP or CUMULATE over a stream \
+                     that declares WATERMARK FOR its event time"
+                        .to_owned(),
+                ),
+            });
+        }
         if builder.depends_on.is_empty() {
             return Err(SluiceError::not_supported(
                 "a materialized view that reads no stream, table or view",
@@ -164,15 +191,9 @@ impl Dataflow {
             let Some(sql) = relation.entry().query.clone() else {
                 return Err(SluiceError::internal("a view without its query"));
             };
-            let query = match sluice_sql::parse(&sql)?.pop() {
-                Some(sluice_sql::Statement::Sql(s)) => match *s {
-                    ast::Statement::Query(q) => q,
-                    _ => return Err(SluiceError::internal("a view's query is not a query")),
-                },
-                _ => return Err(SluiceError::internal("a view's query does not parse")),
-            };
-            let plan = self.logical_plan(&query).await?;
-            let (root, _) = self.build(&plan, relation.entry().id)?;
+            let view = sluice_sql::parse_view_query(&sql)?;
+            let plan = self.logical_plan(&view.query).await?;
+            let (root, _) = self.build(&plan, relation.entry().id, view.emit_on_window_close)?;
             self.start(relation, root)?;
         }
         let pending = self.catalog.pending_changes()?;
@@ -204,6 +225,16 @@ impl Dataflow {
             committed: self.committed.clone(),
             view: id,
             cache_bytes: self.options.operator_cache_bytes,
+            name: Arc::from(
+                self.catalog
+                    .get_by_id(id)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.entry().name.clone())
+                    .unwrap_or_default()
+                    .as_str(),
+            ),
+            late: self.late.clone(),
         }
     }
 
@@ -213,6 +244,7 @@ impl Dataflow {
         let env = self.task_env(id);
         let (sink, sink_inbox) = runtime::inbox();
         let mut spawned = Spawned::default();
+        let operators = system::operators_of(&relation, &root);
         let mut event_time = Vec::new();
         let carries = {
             let registry = self.registry.read().map_err(|_| poisoned())?;
@@ -258,6 +290,7 @@ impl Dataflow {
                 .push((id, outlet));
         }
         registry.event_time.extend(event_time);
+        registry.operators.extend(operators);
         let nodes = spawned.tasks.len();
         registry.views.insert(
             id,
@@ -322,13 +355,8 @@ impl Dataflow {
                 let Some(sql) = relation.entry().query.clone() else {
                     return Ok(None);
                 };
-                let Some(sluice_sql::Statement::Sql(s)) = sluice_sql::parse(&sql)?.pop() else {
-                    return Ok(None);
-                };
-                let ast::Statement::Query(query) = *s else {
-                    return Ok(None);
-                };
-                let plan = self.logical_plan(&query).await?;
+                let view = sluice_sql::parse_view_query(&sql)?;
+                let plan = self.logical_plan(&view.query).await?;
                 let n = plan.schema().fields().len();
                 Ok(plan
                     .schema()
@@ -451,11 +479,11 @@ impl Dataflow {
         }
         let plan = self.logical_plan(&create.query).await?;
         let id = self.catalog.next_id()?;
-        let (root, depends_on) = self.build(&plan, id)?;
+        let (root, depends_on) = self.build(&plan, id, create.emit_on_window_close)?;
         let schema = plan.schema().as_arrow().clone();
         let relation =
             self.catalog
-                .new_view(&create.name, &create.query.to_string(), &schema, depends_on)?;
+                .new_view(&create.name, &create.stored_query(), &schema, depends_on)?;
         let mut inputs = Vec::new();
         for source in root.sources() {
             let Some(input) = self.catalog.get_by_id(source)? else {
@@ -468,6 +496,8 @@ impl Dataflow {
         // arrives until the view is running.
         let _paused = self.pause().await?;
         let mut txn = StateTxn::new(self.catalog.store().clone());
+        // No watermark has passed yet: nothing is late while back-filling.
+        let mut late = Vec::new();
         // Back-fill tables and views first, streams last: a stream's past
         // events then join the tables' current rows (a lookup join keeps
         // no stream rows to join later).
@@ -482,6 +512,7 @@ impl Dataflow {
             let mut ctx = OpContext {
                 txn: &mut txn,
                 session: &self.ctx,
+                late: &mut late,
             };
             if let Some(out) = root.push(source, &changes, &mut ctx).await? {
                 relation.apply_view_changes(&mut txn, &out)?;
@@ -490,6 +521,7 @@ impl Dataflow {
         let mut ctx = OpContext {
             txn: &mut txn,
             session: &self.ctx,
+            late: &mut late,
         };
         if let Some(out) = root.initialize(&mut ctx).await? {
             relation.apply_view_changes(&mut txn, &out)?;
@@ -505,7 +537,7 @@ impl Dataflow {
     /// line with the state it keeps.
     pub async fn explain(&self, create: &CreateView) -> Result<Vec<String>> {
         let plan = self.logical_plan(&create.query).await?;
-        let (root, _) = self.build(&plan, 0)?;
+        let (root, _) = self.build(&plan, 0, create.emit_on_window_close)?;
         let mut lines = vec![format!("Materialize: {}", create.name)];
         lines.extend(root.explain().into_iter().map(|l| format!("  {l}")));
         Ok(lines)

@@ -16,9 +16,13 @@ use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use sluice_catalog::{state_prefix, Catalog};
 use sluice_common::{Result, SluiceError};
-use sluice_dataflow::operators::{Map, Merge, Partitioning, Recompute, RecomputeInput, Union};
+use sluice_dataflow::operators::{
+    EventTime, Map, Merge, Partitioning, Recompute, RecomputeInput, Union, WindowClose,
+};
 use sluice_dataflow::Node;
 use sluice_sql::RelationKind;
+
+use crate::event_time::{bounded_columns, bounds, expiries, has_bound};
 
 /// Builds the operator tree of one view.
 pub struct Builder<'a> {
@@ -28,6 +32,10 @@ pub struct Builder<'a> {
     next_op: u32,
     /// Names of the relations read, in order.
     pub depends_on: Vec<String>,
+    /// The view says `EMIT ON WINDOW CLOSE`.
+    pub emit_on_window_close: bool,
+    /// A windowed GROUP BY took the emit mode.
+    pub windows: usize,
 }
 
 fn unsupported(what: impl Into<String>, hint: &str) -> SluiceError {
@@ -42,6 +50,8 @@ impl<'a> Builder<'a> {
             view_id,
             next_op: 0,
             depends_on: Vec::new(),
+            emit_on_window_close: false,
+            windows: 0,
         }
     }
 
@@ -76,7 +86,8 @@ impl<'a> Builder<'a> {
             | LogicalPlan::Filter(_)
             | LogicalPlan::SubqueryAlias(_)
             | LogicalPlan::Union(_) => plan.inputs().iter().all(|i| self.append_only(i)),
-            // A lookup join never revises what it emitted.
+            // A lookup join never revises what it emitted, nor does an inner
+            // interval join.
             LogicalPlan::Join(j) => matches!(
                 (
                     self.append_only(&j.left),
@@ -85,6 +96,7 @@ impl<'a> Builder<'a> {
                 ),
                 (true, false, JoinType::Inner | JoinType::Left)
                     | (false, true, JoinType::Inner | JoinType::Right)
+                    | (true, true, JoinType::Inner)
             ),
             _ => false,
         }
@@ -199,6 +211,9 @@ impl<'a> Builder<'a> {
                 Ok(self.op(Box::new(Union::new(out_schema)), inputs))
             }
             LogicalPlan::Aggregate(a) => {
+                if let Some(rewritten) = crate::event_time::report_event_time(self.catalog, a)? {
+                    return self.build(&rewritten);
+                }
                 if a.group_expr
                     .iter()
                     .any(|e| matches!(e, Expr::GroupingSet(_)))
@@ -241,20 +256,31 @@ impl<'a> Builder<'a> {
                         op = op.with_merge(merge);
                     }
                 }
+                let mut group_bounds = bounds(self.catalog, plan)?;
+                group_bounds.truncate(a.group_expr.len());
+                let columns = bounded_columns(self.ctx, &group_bounds)?;
+                if !columns.is_empty() {
+                    self.windows += 1;
+                    let event_time = bounds(self.catalog, &a.input)?
+                        .iter()
+                        .position(|b| b.as_ref().is_some_and(|b| b.identity));
+                    op = op.with_event_time(EventTime::Window(WindowClose {
+                        columns,
+                        emit_on_close: self.emit_on_window_close,
+                        event_time,
+                    }));
+                }
                 Ok(self.op(Box::new(op), vec![input]))
             }
             LogicalPlan::Join(j) => {
                 let left_stream = self.append_only(&j.left);
                 let right_stream = self.append_only(&j.right);
+                let mut interval = None;
                 let partitioning =
                     match (left_stream, right_stream, j.join_type) {
                         (true, true, _) => {
-                            return Err(unsupported(
-                                "a join of two streams without a time bound",
-                                "both sides are unbounded, so their state would grow forever; \
-                             bound it with an interval join (b.ts BETWEEN a.ts - INTERVAL '1 hour' \
-                             AND a.ts) or the same window on both sides (the event-time issue)",
-                            ))
+                            interval = Some(self.interval_join(j)?);
+                            Partitioning::JoinKeys
                         }
                         (true, false, JoinType::Inner | JoinType::Left) => {
                             Partitioning::Lookup { stream: 0 }
@@ -284,6 +310,8 @@ impl<'a> Builder<'a> {
                         .collect::<Result<Vec<_>>>()?;
                 let kind = if matches!(partitioning, Partitioning::Lookup { .. }) {
                     "LookupJoin"
+                } else if interval.is_some() {
+                    "IntervalJoin"
                 } else {
                     "Join"
                 };
@@ -299,7 +327,7 @@ impl<'a> Builder<'a> {
                         .map(|f| format!(" filter {f}"))
                         .unwrap_or_default()
                 );
-                let op = Recompute::try_new(
+                let mut op = Recompute::try_new(
                     plan.clone(),
                     vec![
                         RecomputeInput {
@@ -314,6 +342,9 @@ impl<'a> Builder<'a> {
                     partitioning,
                     label,
                 )?;
+                if let Some(expiries) = interval {
+                    op = op.with_event_time(EventTime::Interval(expiries));
+                }
                 Ok(self.op(Box::new(op), vec![left, right]))
             }
             LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
@@ -378,6 +409,59 @@ impl<'a> Builder<'a> {
                  ORDER BY ... LIMIT and window functions over streams, tables and views",
             )),
         }
+    }
+}
+
+impl Builder<'_> {
+    /// The state expiries of a join of two streams, which must be an
+    /// interval join: time conditions that bound each side's rows by the
+    /// other's watermark.
+    fn interval_join(
+        &self,
+        j: &datafusion::logical_expr::Join,
+    ) -> Result<Vec<sluice_dataflow::operators::Expiry>> {
+        let left = bounds(self.catalog, &j.left)?;
+        let right = bounds(self.catalog, &j.right)?;
+        for (side, b) in [(&j.left, &left), (&j.right, &right)] {
+            if !has_bound(b) {
+                return Err(SluiceError::InvalidDefinition {
+                    message: format!(
+                        "a join of two streams needs a watermark on both, and \"{}\" has none",
+                        side.schema()
+                            .columns()
+                            .first()
+                            .and_then(|c| c.relation.as_ref().map(|r| r.to_string()))
+                            .unwrap_or_else(|| "one side".to_owned())
+                    ),
+                    hint: Some(
+                        "declare one: CREATE STREAM s (..., ts TIMESTAMP, \
+                         WATERMARK FOR ts AS ts - INTERVAL '5 seconds')"
+                            .to_owned(),
+                    ),
+                });
+            }
+        }
+        let expiries = match &j.filter {
+            Some(filter) => expiries(
+                self.ctx,
+                filter,
+                [
+                    (j.left.schema().as_ref(), &left),
+                    (j.right.schema().as_ref(), &right),
+                ],
+            )?,
+            None => Vec::new(),
+        };
+        let bounded = |side: usize| expiries.iter().any(|e| e.side == side);
+        if !bounded(0) || !bounded(1) {
+            return Err(unsupported(
+                "a join of two streams without a time bound on both sides",
+                "both sides are unbounded, so their state would grow forever; bound it with an \
+                 interval join on the event times, e.g. ON a.id = b.id AND b.ts BETWEEN a.ts AND \
+                 a.ts + INTERVAL '1 hour'",
+            ));
+        }
+        Ok(expiries)
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct Registry {
     /// The watermark expression of each stream a running view reads that
     /// declares one.
     pub event_time: HashMap<u64, Arc<dyn PhysicalExpr>>,
+    /// Every running view's operators, for `sluice_operators`.
+    pub operators: Vec<crate::system::OperatorInfo>,
 }
 
 impl Registry {
@@ -70,6 +72,7 @@ impl Registry {
             outlets.retain(|(owner, _)| *owner != id);
         }
         self.inlets.retain(|_, v| !v.is_empty());
+        self.operators.retain(|o| o.view != id);
         self.views.remove(&id).map(|v| v.tasks).unwrap_or_default()
     }
 }

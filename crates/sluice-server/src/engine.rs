@@ -109,11 +109,13 @@ impl Engine {
             "sluice_sinks",
             Arc::new(SourcesTable::sinks(sources.clone())),
         );
-        provider.register_schema("public", schema)?;
+        provider.register_schema("public", schema.clone())?;
         ctx.register_catalog(DATABASE, Arc::new(provider));
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| SluiceError::from(*e))?;
         let dataflow = Dataflow::new(catalog.clone(), ctx.clone(), options);
+        schema.register_system_table("sluice_operators", dataflow.operators_table());
+        schema.register_system_table("sluice_late_events", dataflow.late_events_table());
         let sinks = sources.clone();
         let lookup = catalog.clone();
         dataflow

@@ -60,6 +60,7 @@ impl Server {
         let options = DataflowOptions {
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
             operator_cache_bytes: config.operator_cache_mb << 20,
+            late_events_retention: config.late_events_retention,
         };
         let engine = Arc::new(Engine::open(store, options).await?);
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {

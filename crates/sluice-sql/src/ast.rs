@@ -142,6 +142,23 @@ pub struct CreateView {
     pub if_not_exists: bool,
     /// The query.
     pub query: Box<ast::Query>,
+    /// `EMIT ON WINDOW CLOSE`: one final row per window once the watermark
+    /// passes its end, instead of rows that update as events arrive.
+    pub emit_on_window_close: bool,
+    /// The query as written, before window functions were rewritten.
+    pub text: String,
+}
+
+impl CreateView {
+    /// The query as stored in the catalog: as written, with its emit mode
+    /// ([`crate::parse_view_query`] reads it back).
+    pub fn stored_query(&self) -> String {
+        if self.emit_on_window_close {
+            format!("{} EMIT ON WINDOW CLOSE", self.text)
+        } else {
+            self.text.clone()
+        }
+    }
 }
 
 /// `DROP STREAM|TABLE|MATERIALIZED VIEW [IF EXISTS] names [CASCADE]`.

@@ -11,5 +11,5 @@ pub mod windows;
 pub use ast::{
     ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,
 };
-pub use parser::{normalize_ident, object_name, parse};
+pub use parser::{normalize_ident, object_name, parse, parse_view_query};
 pub use types::SqlType;

@@ -42,6 +42,15 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     Ok(statements)
 }
 
+/// A view's query as the catalog stores it ([`CreateView::stored_query`]),
+/// parsed and rewritten again.
+pub fn parse_view_query(sql: &str) -> Result<CreateView> {
+    match parse(&format!("CREATE MATERIALIZED VIEW stored AS {sql}"))?.pop() {
+        Some(Statement::CreateView(view)) => Ok(*view),
+        _ => Err(SluiceError::internal("a stored view query does not parse")),
+    }
+}
+
 /// `stream JOIN table FOR SYSTEM_TIME AS OF PROCTIME()` spells out what a
 /// stream-table join is anyway (a lookup of the table's current row), as
 /// Flink and RisingWave write it: the clause is accepted and dropped.
@@ -205,10 +214,30 @@ fn parse_create_view(parser: &mut Parser) -> Result<CreateView> {
     let name = object_name(&parser.parse_object_name(false)?)?;
     parser.expect_keyword_is(Keyword::AS)?;
     let query = parser.parse_query()?;
+    let emit_on_window_close = parse_emit(parser)?;
     Ok(CreateView {
         name,
         if_not_exists,
+        text: query.to_string(),
         query,
+        emit_on_window_close,
+    })
+}
+
+/// `[EMIT ON WINDOW CLOSE | EMIT ON UPDATE]` after a view's query.
+fn parse_emit(parser: &mut Parser) -> Result<bool> {
+    if !next_word(parser, "emit") {
+        return Ok(false);
+    }
+    parser.expect_keyword_is(Keyword::ON)?;
+    if parser.parse_keyword(Keyword::UPDATE) {
+        return Ok(false);
+    }
+    if next_word(parser, "window") && next_word(parser, "close") {
+        return Ok(true);
+    }
+    Err(SluiceError::Syntax {
+        message: "expected EMIT ON WINDOW CLOSE or EMIT ON UPDATE".to_owned(),
     })
 }
 

@@ -101,6 +101,10 @@ struct ServeArgs {
     /// How often views checkpoint, in milliseconds [default: 1000].
     #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
     checkpoint_interval_ms: Option<u64>,
+
+    /// How many late rows sluice_late_events keeps [default: 10000].
+    #[arg(long, env = "SLUICE_LATE_EVENTS_RETENTION", value_name = "ROWS")]
+    late_events_retention: Option<usize>,
 }
 
 impl ServeArgs {
@@ -137,6 +141,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.operator_cache_mb {
             config.operator_cache_mb = v;
+        }
+        if let Some(v) = self.late_events_retention {
+            config.late_events_retention = v;
         }
         if let Some(v) = self.checkpoint_interval_ms {
             config.checkpoint_interval_ms = v;

@@ -132,9 +132,11 @@ mod tests {
         );
         let mut txn = StateTxn::new(Arc::new(MemoryBackend::new()));
         let session = SessionContext::new();
+        let mut late = Vec::new();
         let mut ctx = OpContext {
             txn: &mut txn,
             session: &session,
+            late: &mut late,
         };
         let out = map
             .process(0, changes, &[], &mut ctx)

@@ -5,5 +5,8 @@ mod recompute;
 mod union;
 
 pub use map::Map;
-pub use recompute::{Merge, Partitioning, Recompute, RecomputeInput};
+pub use recompute::{
+    micros_of, Bound, EventTime, Expiry, Merge, Partitioning, Recompute, RecomputeInput,
+    WindowClose, WATERMARK_COLUMN,
+};
 pub use union::Union;

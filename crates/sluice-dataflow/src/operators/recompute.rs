@@ -38,6 +38,9 @@ use sluice_common::{batch_with_rows, ChangeBatch, Result, SluiceError};
 
 use crate::{OpContext, Operator};
 
+mod event_time;
+pub use event_time::{micros_of, Bound, EventTime, Expiry, WindowClose, WATERMARK_COLUMN};
+
 const OUTPUT_SIDE: u8 = 2;
 /// Up to how many keys a lookup join reads key by key rather than the whole
 /// table side (a lookup batch touches many keys of a small table).
@@ -109,6 +112,9 @@ pub struct Recompute {
     /// keep only each group's output row and merge the aggregate of each
     /// change into it, instead of keeping every input row.
     merge: Option<Vec<Merge>>,
+    /// The state the watermark closes, if any.
+    event_time: Option<EventTime>,
+    slot_state: std::sync::Mutex<event_time::Slots>,
 }
 
 fn converter(
@@ -207,7 +213,20 @@ impl Recompute {
             output_key,
             label,
             merge: None,
+            event_time: None,
+            slot_state: Default::default(),
         })
+    }
+
+    /// Frees the state the watermark closes (windows of a GROUP BY, rows of
+    /// an interval join) and drops the rows that arrive for it later.
+    pub fn with_event_time(mut self, event_time: EventTime) -> Self {
+        self.event_time = Some(event_time);
+        self
+    }
+
+    fn emits_on_close(&self) -> bool {
+        matches!(&self.event_time, Some(EventTime::Window(w)) if w.emit_on_close)
     }
 
     /// Maintains a GROUP BY over an append-only input by merging partial
@@ -564,6 +583,83 @@ impl Operator for Recompute {
                 return self.lookup(stream, changes, state, ctx).await;
             }
         }
+        let changes = self.drop_late(input, changes, state, ctx)?;
+        if changes.is_empty() {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let output = self.process_on_time(input, changes, state, ctx).await?;
+        if self.emits_on_close() {
+            // The groups' rows wait until their window closes.
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        Ok(output)
+    }
+
+    async fn on_watermark(
+        &self,
+        watermarks: &[Option<i64>],
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<Option<ChangeBatch>> {
+        self.close(watermarks, state, ctx)
+    }
+
+    async fn initialize(
+        &self,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<Option<ChangeBatch>> {
+        // Only a global aggregate (GROUP BY nothing) has output over no rows.
+        if self.partitioning != Partitioning::GroupColumns(0) {
+            return Ok(None);
+        }
+        if !self.load(ctx, state, OUTPUT_SIDE, &[])?.is_empty() {
+            return Ok(None);
+        }
+        let rows = self.load(ctx, state, 0, &[])?;
+        let batch = Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &rows)?;
+        let new = self.execute(ctx.session, vec![batch]).await?;
+        let (change, new_rows) = self.diff(&[], &new)?;
+        let keys = vec![Vec::new(); new_rows.len()];
+        self.apply(ctx, state, OUTPUT_SIDE, &keys, new_rows, |_| 1)?;
+        Ok(Some(change))
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn explain(&self) -> String {
+        let state = match self.partitioning {
+            Partitioning::GroupColumns(_) if self.merge.is_some() => {
+                "state: output row per group, merged with each change"
+            }
+            Partitioning::GroupColumns(_) => "state: input rows and output row per group",
+            Partitioning::PerKey => "state: input rows and output rows per key",
+            Partitioning::JoinKeys => "state: both sides' rows per key",
+            Partitioning::Lookup { .. } => "state: the table side's rows per key",
+        };
+        let closes = match &self.event_time {
+            Some(EventTime::Window(w)) if w.emit_on_close => {
+                "; emits each window's row when the watermark closes it, then frees it"
+            }
+            Some(EventTime::Window(_)) => "; frees a window when the watermark closes it",
+            Some(EventTime::Interval(_)) => "; frees rows the watermark puts out of reach",
+            None => "",
+        };
+        format!("{} ({state}{closes})", self.label)
+    }
+}
+
+impl Recompute {
+    /// [`Operator::process`] for rows that are not late.
+    async fn process_on_time(
+        &self,
+        input: usize,
+        changes: ChangeBatch,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<ChangeBatch> {
         let keys = self.keys_of(input, &changes.batch)?;
         if let Some(merge) = &self.merge {
             if !changes.is_append_only() {
@@ -625,44 +721,6 @@ impl Operator for Recompute {
                 ChangeBatch::concat(self.schema.clone(), &changes_out)
             }
         }
-    }
-
-    async fn initialize(
-        &self,
-        state: &[u8],
-        ctx: &mut OpContext<'_>,
-    ) -> Result<Option<ChangeBatch>> {
-        // Only a global aggregate (GROUP BY nothing) has output over no rows.
-        if self.partitioning != Partitioning::GroupColumns(0) {
-            return Ok(None);
-        }
-        if !self.load(ctx, state, OUTPUT_SIDE, &[])?.is_empty() {
-            return Ok(None);
-        }
-        let rows = self.load(ctx, state, 0, &[])?;
-        let batch = Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &rows)?;
-        let new = self.execute(ctx.session, vec![batch]).await?;
-        let (change, new_rows) = self.diff(&[], &new)?;
-        let keys = vec![Vec::new(); new_rows.len()];
-        self.apply(ctx, state, OUTPUT_SIDE, &keys, new_rows, |_| 1)?;
-        Ok(Some(change))
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn explain(&self) -> String {
-        let state = match self.partitioning {
-            Partitioning::GroupColumns(_) if self.merge.is_some() => {
-                "state: output row per group, merged with each change"
-            }
-            Partitioning::GroupColumns(_) => "state: input rows and output row per group",
-            Partitioning::PerKey => "state: input rows and output rows per key",
-            Partitioning::JoinKeys => "state: both sides' rows per key",
-            Partitioning::Lookup { .. } => "state: the table side's rows per key",
-        };
-        format!("{} ({state})", self.label)
     }
 }
 
