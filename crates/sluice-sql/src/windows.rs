@@ -10,8 +10,9 @@
 //!   one per window a row falls in, glued by `UNION ALL`; branch `i` has
 //!   `window_start = date_bin(slide, ts, origin) - i * slide`.
 //! - `CUMULATE(src, ts, step, size [, offset])`: `size / step` filtered
-//!   projections; branch `j` has `window_start = date_bin(size, ts, origin)`
-//!   and `window_end = window_start + j * step`, for the rows before it.
+//!   projections; all have `window_start = date_bin(size, ts, origin)`, and
+//!   branch `i` has `window_end = date_bin(step, ts, origin) + (i + 1) *
+//!   step`, for the rows whose period that end is still in.
 //! - `SESSION(src, ts, gap)`: window functions. Rows of one partition (the
 //!   enclosing query's `GROUP BY` columns other than the window's) closer
 //!   than `gap` to the previous one share a session; `window_start` is its
@@ -239,12 +240,17 @@ fn rewrite(factor: &mut TableFactor, partition: &[String]) -> Result<()> {
             let size = micros(&function, "size", &args[3])?;
             let n = multiple(&function, ("step", step), size)?;
             let start = format!("date_bin({}, {ts}, {origin})", interval(size));
-            (1..=n)
-                .map(|j| {
-                    let end = format!("{start} + {}", interval(j * step));
+            let step_bin = format!("date_bin({}, {ts}, {origin})", interval(step));
+            // Branch i: the window ending i + 1 steps after the row's step,
+            // if that is still in the row's period. Written from the row's
+            // step (not its period) so the watermark bounds window_end.
+            (0..n)
+                .map(|i| {
+                    let end = format!("{step_bin} + {}", interval((i + 1) * step));
                     format!(
                         "SELECT *, {start} AS window_start, {end} AS window_end \
-                         FROM {source} WHERE {ts} < {end}"
+                         FROM {source} WHERE {end} <= {start} + {}",
+                        interval(size)
                     )
                 })
                 .collect::<Vec<_>>()
