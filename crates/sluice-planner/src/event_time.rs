@@ -379,7 +379,8 @@ fn conditions(filter: &Expr) -> Vec<(&Column, &Column, i64)> {
 /// bounds nothing.
 pub(crate) fn expiries(
     ctx: &SessionContext,
-    filter: &Expr,
+    filter: Option<&Expr>,
+    on: &[(Expr, Expr)],
     sides: [(&DFSchema, &Bounds); 2],
 ) -> Result<Vec<Expiry>> {
     let side_of = |c: &Column| {
@@ -389,7 +390,15 @@ pub(crate) fn expiries(
             .find_map(|(s, (schema, _))| schema.index_of_column(c).ok().map(|i| (s, i)))
     };
     let mut out = Vec::new();
-    for (x, y, k) in conditions(filter) {
+    let mut all = filter.map(conditions).unwrap_or_default();
+    // Equal keys bound each other both ways (a window join's window_start).
+    for (l, r) in on {
+        if let (Some((l, kl)), Some((r, kr))) = (term(l), term(r)) {
+            all.push((l, r, kr - kl));
+            all.push((r, l, kl - kr));
+        }
+    }
+    for (x, y, k) in all {
         let (Some((xs, xi)), Some((ys, yi))) = (side_of(x), side_of(y)) else {
             continue;
         };
@@ -412,6 +421,10 @@ pub(crate) fn expiries(
             other: xs,
             other_column: xi,
             bound: bound.physical(ctx)?,
+            other_event_time: sides[xs]
+                .1
+                .iter()
+                .position(|b| b.as_ref().is_some_and(|b| b.identity)),
         });
     }
     Ok(out)

@@ -441,24 +441,23 @@ impl Builder<'_> {
                 });
             }
         }
-        let expiries = match &j.filter {
-            Some(filter) => expiries(
-                self.ctx,
-                filter,
-                [
-                    (j.left.schema().as_ref(), &left),
-                    (j.right.schema().as_ref(), &right),
-                ],
-            )?,
-            None => Vec::new(),
-        };
+        let expiries = expiries(
+            self.ctx,
+            j.filter.as_ref(),
+            &j.on,
+            [
+                (j.left.schema().as_ref(), &left),
+                (j.right.schema().as_ref(), &right),
+            ],
+        )?;
         let bounded = |side: usize| expiries.iter().any(|e| e.side == side);
         if !bounded(0) || !bounded(1) {
             return Err(unsupported(
                 "a join of two streams without a time bound on both sides",
                 "both sides are unbounded, so their state would grow forever; bound it with an \
                  interval join on the event times, e.g. ON a.id = b.id AND b.ts BETWEEN a.ts AND \
-                 a.ts + INTERVAL '1 hour'",
+                 a.ts + INTERVAL '1 hour', or join the same window of both (ON \
+                 a.window_start = b.window_start)",
             ));
         }
         Ok(expiries)

@@ -109,6 +109,8 @@ pub struct Expiry {
     pub other_column: usize,
     /// The bound of `x` at `other`'s watermark.
     pub bound: Bound,
+    /// `other`'s event-time column, if it has it (for late-row reports).
+    pub other_event_time: Option<usize>,
 }
 
 /// What a [`Recompute`] knows of event time.
@@ -204,7 +206,12 @@ impl Recompute {
                 for (slot, e) in expiries.iter().enumerate() {
                     if e.other == input {
                         let values = micros_of(batch.column(e.other_column))?;
-                        reported_time.get_or_insert_with(|| values.clone());
+                        if reported_time.is_none() {
+                            reported_time = Some(match e.other_event_time {
+                                Some(c) => micros_of(batch.column(c))?,
+                                None => values.clone(),
+                            });
+                        }
                         checks.push((slot, values));
                     }
                     if e.side == input {
