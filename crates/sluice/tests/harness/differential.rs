@@ -44,6 +44,35 @@ const STREAM_VIEWS: &[(&str, &str, &str)] = &[
         "SELECT k, count(DISTINCT x) AS dx FROM e GROUP BY k",
         "SELECT k, count(DISTINCT x) AS dx FROM e_mirror GROUP BY k",
     ),
+    // Windows over in-order event time, against date_bin over all rows.
+    (
+        "vs_tumble",
+        "SELECT window_start, window_end, k, count(*) AS n, sum(x) AS sx \
+         FROM TUMBLE(e, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end, k",
+        "SELECT date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
+                date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') + INTERVAL '5 seconds' AS we, \
+                k, count(*) AS n, sum(x) AS sx FROM e_mirror \
+         GROUP BY date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01 00:00:00'), k",
+    ),
+    (
+        "vs_tumble_closed",
+        "SELECT window_end, k, max(x) AS mx FROM TUMBLE(e, ts, INTERVAL '5 seconds') \
+         GROUP BY window_start, window_end, k EMIT ON WINDOW CLOSE",
+        "SELECT we, k, mx FROM (SELECT date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') + INTERVAL '5 seconds' AS we, \
+                k, max(x) AS mx FROM e_mirror \
+                GROUP BY date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01 00:00:00'), k) w \
+         WHERE we <= (SELECT max(ts) FROM e_mirror)",
+    ),
+    (
+        "vs_hop",
+        "SELECT window_start, k, count(*) AS n FROM HOP(e, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') \
+         GROUP BY window_start, window_end, k",
+        "SELECT ws, k, count(*) AS n FROM ( \
+           SELECT date_bin(INTERVAL '2 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, k FROM e_mirror \
+           UNION ALL SELECT date_bin(INTERVAL '2 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') - INTERVAL '2 seconds', k FROM e_mirror \
+           UNION ALL SELECT date_bin(INTERVAL '2 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') - INTERVAL '4 seconds', k FROM e_mirror) h \
+         GROUP BY ws, k",
+    ),
 ];
 
 /// Views over views, with their batch equivalent.
@@ -104,8 +133,16 @@ fn random_statement(rng: &mut Rng, step: usize) -> String {
             } else {
                 k.to_string()
             };
+            // In event-time order: one second per step.
+            let ts = format!(
+                "2024-01-01 {:02}:{:02}:{:02}",
+                step / 3600,
+                step / 60 % 60,
+                step % 60
+            );
             format!(
-                "INSERT INTO e VALUES ({k}, {x}); INSERT INTO e_mirror VALUES ({step}, {k}, {x})"
+                "INSERT INTO e VALUES ({k}, {x}, '{ts}'); \
+                 INSERT INTO e_mirror VALUES ({step}, {k}, {x}, '{ts}')"
             )
         }
         0..=3 => {
@@ -169,8 +206,8 @@ pub async fn random_changes_match_batch() -> anyhow::Result<()> {
         .batch_execute(
             "CREATE TABLE a (id BIGINT PRIMARY KEY, g BIGINT, v BIGINT, s TEXT);
              CREATE TABLE b (id BIGINT PRIMARY KEY, a_id BIGINT, w BIGINT);
-             CREATE STREAM e (k BIGINT, x BIGINT);
-             CREATE TABLE e_mirror (id BIGINT PRIMARY KEY, k BIGINT, x BIGINT);
+             CREATE STREAM e (k BIGINT, x BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts);
+             CREATE TABLE e_mirror (id BIGINT PRIMARY KEY, k BIGINT, x BIGINT, ts TIMESTAMP);
              INSERT INTO a VALUES (1, 1, 10, 'x'), (2, 1, 20, 'y'), (3, 2, 30, NULL);
              INSERT INTO b VALUES (1, 1, 5), (2, 3, 50);",
         )
@@ -199,8 +236,9 @@ pub async fn random_changes_match_batch() -> anyhow::Result<()> {
         }
         client.batch_execute("FLUSH").await?;
         let checks = VIEWS.iter().map(|(name, sql)| (*name, *sql)).chain(
-            VIEWS_ON_VIEWS
+            STREAM_VIEWS
                 .iter()
+                .chain(VIEWS_ON_VIEWS)
                 .map(|(name, _, batch)| (*name, *batch)),
         );
         for (name, batch) in checks {
