@@ -176,6 +176,14 @@ impl RelationEntry {
         if let Some(wm) = &create.watermark {
             entry.watermark = Some(entry.validate_watermark(&wm.column, &wm.expr.to_string())?);
         }
+        if entry.options.contains_key("idle_timeout") && entry.watermark.is_none() {
+            return Err(SluiceError::InvalidOption {
+                message: format!(
+                    "option \"idle_timeout\" needs a watermark, and stream \"{name}\" has none"
+                ),
+                hint: Some("declare one: WATERMARK FOR ts AS ts - INTERVAL '5 seconds'".to_owned()),
+            });
+        }
         Ok(entry)
     }
 

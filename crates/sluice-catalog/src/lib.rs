@@ -12,7 +12,7 @@ mod entry;
 mod ingest;
 mod options;
 
-pub use options::validate as validate_options;
+pub use options::{duration as duration_option, validate as validate_options};
 mod provider;
 mod rows;
 

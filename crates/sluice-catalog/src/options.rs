@@ -32,6 +32,26 @@ const CONNECTORS: &[ConnectorSpec] = &[ConnectorSpec {
     prefixes: &["properties."],
 }];
 
+/// Options any stream takes, with or without a connector.
+const STREAM_OPTIONS: &[&str] = &["idle_timeout"];
+
+/// A duration option (`'5 seconds'`, `'500 milliseconds'`).
+pub fn duration(key: &str, value: &str) -> Result<std::time::Duration> {
+    use datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
+    let bad = || SluiceError::InvalidOption {
+        message: format!("option \"{key}\" must be a positive duration, not \"{value}\""),
+        hint: Some("for example '5 seconds' or '500 milliseconds'".to_owned()),
+    };
+    let v = parse_interval_month_day_nano(value).map_err(|_| bad())?;
+    let nanos = i128::from(v.days) * 86_400_000_000_000 + i128::from(v.nanoseconds);
+    if v.months != 0 || nanos <= 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_nanos(
+        u64::try_from(nanos).map_err(|_| bad())?,
+    ))
+}
+
 /// Checks the options of a `CREATE STREAM|TABLE` and returns them as a map.
 pub fn validate(
     kind: RelationKind,
@@ -68,7 +88,11 @@ pub fn validate(
             }
         }
     };
-    for key in map.keys() {
+    for (key, value) in &map {
+        if kind == RelationKind::Stream && STREAM_OPTIONS.contains(&key.as_str()) {
+            duration(key, value)?;
+            continue;
+        }
         if key != "connector"
             && !accepted.contains(&key.as_str())
             && !prefixes
@@ -78,7 +102,9 @@ pub fn validate(
             return Err(SluiceError::InvalidOption {
                 message: format!("unrecognized option \"{key}\" for {kind} \"{name}\""),
                 hint: Some(if accepted.is_empty() {
-                    "without a connector, a stream or table takes no options".to_owned()
+                    "without a connector, a table takes no options and a stream only \
+                     idle_timeout"
+                        .to_owned()
                 } else {
                     let mut all: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
                     all.extend(prefixes.iter().map(|p| format!("{p}*")));

@@ -246,6 +246,7 @@ impl Dataflow {
         let mut spawned = Spawned::default();
         let operators = system::operators_of(&relation, &root);
         let mut event_time = Vec::new();
+        let mut idle = Vec::new();
         let carries = {
             let registry = self.registry.read().map_err(|_| poisoned())?;
             let mut carries = std::collections::HashMap::new();
@@ -257,6 +258,12 @@ impl Dataflow {
                     RelationKind::Stream => match self.watermark_expr(&input)? {
                         Some(expr) => {
                             event_time.push((source, expr));
+                            if let Some(v) = input.entry().options.get("idle_timeout") {
+                                idle.push((
+                                    source,
+                                    sluice_catalog::duration_option("idle_timeout", v)?,
+                                ));
+                            }
                             true
                         }
                         None => false,
@@ -291,6 +298,7 @@ impl Dataflow {
         }
         registry.event_time.extend(event_time);
         registry.operators.extend(operators);
+        registry.idle.extend(idle);
         let nodes = spawned.tasks.len();
         registry.views.insert(
             id,

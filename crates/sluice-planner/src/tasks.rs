@@ -39,6 +39,8 @@ pub(crate) struct Registry {
     /// The watermark expression of each stream a running view reads that
     /// declares one.
     pub event_time: HashMap<u64, Arc<dyn PhysicalExpr>>,
+    /// The `idle_timeout` of each stream with a watermark that has one.
+    pub idle: HashMap<u64, Duration>,
     /// Every running view's operators, for `sluice_operators`.
     pub operators: Vec<crate::system::OperatorInfo>,
 }
@@ -119,6 +121,9 @@ impl Router {
         let mut next_epoch = *self.committed.borrow() + 1;
         let mut seqs: Vec<u64> = Vec::new();
         let mut watermarks: HashMap<u64, i64> = HashMap::new();
+        // For idle_timeout: when each stream last had events, and its
+        // watermark then.
+        let mut arrivals: HashMap<u64, (tokio::time::Instant, i64)> = HashMap::new();
         let mut ticker = tokio::time::interval(self.interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -147,6 +152,9 @@ impl Router {
                                     outlet.send(Message::Watermark(w)).await;
                                 }
                             }
+                            if let Some(w) = watermarks.get(&change.source) {
+                                arrivals.insert(change.source, (tokio::time::Instant::now(), *w));
+                            }
                             seqs.push(change.seq);
                         }
                         Command::Checkpoint(reply) => {
@@ -168,13 +176,60 @@ impl Router {
                     }
                 }
                 _ = ticker.tick() => {
-                    if !seqs.is_empty() {
+                    let idle = self.advance_idle(&arrivals, &mut watermarks).await;
+                    if !seqs.is_empty() || idle {
                         self.barrier(&mut next_epoch, &mut seqs).await;
                     }
                 }
             }
         }
         tracing::debug!("dataflow router stopped");
+    }
+
+    /// Moves the watermark of every stream that has been quiet for its
+    /// `idle_timeout` on with the wall clock (by the time since its last
+    /// events), so that its windows close when traffic stops. Returns
+    /// whether any moved.
+    async fn advance_idle(
+        &self,
+        arrivals: &HashMap<u64, (tokio::time::Instant, i64)>,
+        watermarks: &mut HashMap<u64, i64>,
+    ) -> bool {
+        let idle: Vec<(u64, Duration, Vec<Outlet>)> = match self.registry.read() {
+            Ok(r) => r
+                .idle
+                .iter()
+                .map(|(s, d)| (*s, *d, r.outlets(*s)))
+                .collect(),
+            Err(_) => return false,
+        };
+        let mut moved = false;
+        for (source, timeout, outlets) in idle {
+            let Some((arrived, base)) = arrivals.get(&source) else {
+                continue;
+            };
+            let quiet = arrived.elapsed();
+            if quiet < timeout {
+                continue;
+            }
+            let quiet = i64::try_from(quiet.as_micros()).unwrap_or(i64::MAX);
+            let w = base.saturating_add(quiet);
+            let current = watermarks.entry(source).or_insert(i64::MIN);
+            if w <= *current {
+                continue;
+            }
+            *current = w;
+            tracing::debug!(
+                source,
+                watermark = w,
+                "idle stream: watermark follows the clock"
+            );
+            for outlet in outlets {
+                outlet.send(Message::Watermark(w)).await;
+            }
+            moved = true;
+        }
+        moved
     }
 
     async fn wait_for(&self, epoch: u64) {

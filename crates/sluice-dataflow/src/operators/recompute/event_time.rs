@@ -31,6 +31,9 @@ use super::{count_of, Recompute, OUTPUT_SIDE};
 use crate::late::LateRows;
 use crate::OpContext;
 
+/// Encoded rows with their multiplicities.
+type Rows = Vec<(Vec<u8>, i64)>;
+
 /// Where the slots' bounds are kept, under the operator's prefix.
 const SLOT_SIDE: u8 = 3;
 /// The column of the one-row batch a [`Bound`] is evaluated on.
@@ -336,7 +339,7 @@ impl Recompute {
         let mut prefix = state.to_vec();
         prefix.push(OUTPUT_SIDE);
         // Group the output side's entries by key.
-        let mut groups: Vec<(Vec<u8>, Vec<(Vec<u8>, i64)>)> = Vec::new();
+        let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
         for (k, v) in ctx.txn.scan_prefix(&prefix)? {
             let rest = &k[prefix.len()..];
             let Some((len, rest)) = rest.split_first_chunk::<4>() else {
