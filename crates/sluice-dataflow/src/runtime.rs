@@ -433,10 +433,8 @@ impl Task {
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                tracing::warn!(view = env.view, operator = %op.explain(), error = %e,
-                                    "operator stopped at an error");
+                                failure = Some(stopped(&env, op.as_ref(), e));
                                 failed = true;
-                                failure = Some(e);
                             }
                         }
                     }
@@ -462,14 +460,19 @@ impl Task {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(view = env.view, operator = %op.explain(), error = %e,
-                        "operator stopped at an error");
+                    failure = Some(stopped(&env, op.as_ref(), e));
                     failed = true;
-                    failure = Some(e);
                 }
             }
         }
     }
+}
+
+/// Logs that an operator stopped at `error`, which its next report carries.
+fn stopped(env: &TaskEnv, op: &dyn Operator, error: SluiceError) -> SluiceError {
+    tracing::warn!(view = env.view, operator = %op.explain(), error = %error,
+        "operator stopped at an error");
+    error
 }
 
 async fn apply_chain(

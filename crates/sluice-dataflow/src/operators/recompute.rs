@@ -150,6 +150,18 @@ fn rows_of(converter: &RowConverter, batch: &RecordBatch) -> Result<Vec<Vec<u8>>
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
 }
 
+/// `<key length u32> <key> <row>` (a state key after its prefix and side)
+/// as key and row.
+fn split_entry(entry: &[u8]) -> Result<(&[u8], &[u8])> {
+    let corrupt = || SluiceError::Storage("corrupt operator state key".into());
+    let (len, rest) = entry.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(corrupt());
+    }
+    Ok(rest.split_at(len))
+}
+
 fn count_of(bytes: &[u8]) -> Result<i64> {
     Ok(i64::from_be_bytes(bytes.try_into().map_err(|_| {
         SluiceError::Storage("corrupt operator state multiplicity".into())
@@ -385,13 +397,9 @@ impl Recompute {
         prefix.push(side);
         let mut rows = Vec::new();
         for (k, v) in ctx.txn.scan_prefix(&prefix)? {
-            let rest = &k[prefix.len()..];
-            let Some((len, rest)) = rest.split_first_chunk::<4>() else {
-                return Err(SluiceError::Storage("corrupt operator state key".into()));
-            };
-            let len = u32::from_be_bytes(*len) as usize;
-            if rest.len() >= len && wanted.contains(&rest[..len]) {
-                rows.push((rest[len..].to_vec(), count_of(&v)?));
+            let (key, row) = split_entry(&k[prefix.len()..])?;
+            if wanted.contains(key) {
+                rows.push((row.to_vec(), count_of(&v)?));
             }
         }
         Ok(rows)

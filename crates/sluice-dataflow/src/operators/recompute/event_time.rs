@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
-use super::{count_of, Recompute, OUTPUT_SIDE};
+use super::{count_of, split_entry, Recompute, OUTPUT_SIDE};
 use crate::late::LateRows;
 use crate::OpContext;
 
@@ -341,15 +341,7 @@ impl Recompute {
         // Group the output side's entries by key.
         let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
         for (k, v) in ctx.txn.scan_prefix(&prefix)? {
-            let rest = &k[prefix.len()..];
-            let Some((len, rest)) = rest.split_first_chunk::<4>() else {
-                return Err(SluiceError::Storage("corrupt operator state key".into()));
-            };
-            let len = u32::from_be_bytes(*len) as usize;
-            if rest.len() < len {
-                return Err(SluiceError::Storage("corrupt operator state key".into()));
-            }
-            let (key, row) = rest.split_at(len);
+            let (key, row) = split_entry(&k[prefix.len()..])?;
             match groups.last_mut() {
                 Some((last, rows)) if last.as_slice() == key => {
                     rows.push((row.to_vec(), count_of(&v)?))
@@ -421,12 +413,7 @@ impl Recompute {
         let entries = ctx.txn.scan_prefix(&prefix)?;
         let mut rows = Vec::with_capacity(entries.len());
         for (k, _) in &entries {
-            let rest = &k[prefix.len()..];
-            let Some((len, rest)) = rest.split_first_chunk::<4>() else {
-                return Err(SluiceError::Storage("corrupt operator state key".into()));
-            };
-            let len = u32::from_be_bytes(*len) as usize;
-            rows.push(rest.get(len..).unwrap_or_default());
+            rows.push(split_entry(&k[prefix.len()..])?.1);
         }
         let mut smallest = i64::MAX;
         if !rows.is_empty() {
