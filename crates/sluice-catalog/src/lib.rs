@@ -15,6 +15,7 @@ mod options;
 pub use options::{duration as duration_option, validate as validate_options};
 mod provider;
 mod rows;
+mod system;
 
 pub use catalog::{Catalog, Created, Relation};
 pub use changelog::{changelog_key, failure_key, ChangeListener, LoggedChange};
@@ -23,3 +24,4 @@ pub use entry::{Column, RelationEntry, Watermark};
 pub use ingest::Ingest;
 pub use provider::{RelationTable, SluiceSchema};
 pub use rows::RowCodec;
+pub use system::{SystemRows, SystemTable};

@@ -20,7 +20,7 @@ use sluice_sql::RelationKind;
 use tokio::task::JoinHandle;
 
 pub use kafka::options::{KafkaSink, KafkaSource};
-pub use status::{SourceStatus, SourcesTable, StatusList};
+pub use status::{sinks_table, sources_table, SourceStatus, StatusList};
 
 /// Starts a sink's task on its inbox (what `Dataflow::load` and
 /// `Dataflow::create_sink` take).

@@ -4,14 +4,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use sluice_catalog::SystemTable;
 
 /// Counters and state of one running source.
 #[derive(Debug)]
@@ -78,101 +73,67 @@ pub trait StatusList: Send + Sync + std::fmt::Debug {
     fn statuses(&self, sinks: bool) -> Vec<Arc<SourceStatus>>;
 }
 
-/// `sluice_sources` (one row per source) or `sluice_sinks` (per sink).
-#[derive(Debug)]
-pub struct SourcesTable {
-    list: Arc<dyn StatusList>,
-    sinks: bool,
-    schema: SchemaRef,
+/// `sluice_sources` (one row per source of `list`): rows written, their
+/// bytes, bad records, and the consumer lag.
+pub fn sources_table(list: Arc<dyn StatusList>) -> SystemTable {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("bad_records", DataType::Int64, false),
+        Field::new("lag", DataType::Int64, true),
+    ]));
+    status_table(schema, list, false)
 }
 
-impl SourcesTable {
-    /// `sluice_sources` over `list`.
-    pub fn new(list: Arc<dyn StatusList>) -> Self {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("source", DataType::Utf8, false),
-            Field::new("topic", DataType::Utf8, false),
-            Field::new("state", DataType::Utf8, false),
-            Field::new("rows", DataType::Int64, false),
-            Field::new("bytes", DataType::Int64, false),
-            Field::new("bad_records", DataType::Int64, false),
-            Field::new("lag", DataType::Int64, true),
-        ]));
-        SourcesTable {
-            list,
-            sinks: false,
-            schema,
-        }
-    }
-
-    /// `sluice_sinks` over `list`: records delivered, their bytes, and
-    /// failed deliveries (each retried).
-    pub fn sinks(list: Arc<dyn StatusList>) -> Self {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("sink", DataType::Utf8, false),
-            Field::new("topic", DataType::Utf8, false),
-            Field::new("state", DataType::Utf8, false),
-            Field::new("records", DataType::Int64, false),
-            Field::new("bytes", DataType::Int64, false),
-            Field::new("failed_deliveries", DataType::Int64, false),
-        ]));
-        SourcesTable {
-            list,
-            sinks: true,
-            schema,
-        }
-    }
+/// `sluice_sinks` (one row per sink of `list`): records delivered, their
+/// bytes, and failed deliveries (each retried).
+pub fn sinks_table(list: Arc<dyn StatusList>) -> SystemTable {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("sink", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("records", DataType::Int64, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("failed_deliveries", DataType::Int64, false),
+    ]));
+    status_table(schema, list, true)
 }
 
-#[async_trait]
-impl TableProvider for SourcesTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let mut all = self.list.statuses(self.sinks);
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        let i64_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let mut columns: Vec<datafusion::arrow::array::ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                all.iter().map(|s| s.name.clone()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                all.iter().map(|s| s.topic.clone()),
-            )),
-            Arc::new(StringArray::from_iter_values(all.iter().map(|s| s.state()))),
-            Arc::new(Int64Array::from_iter_values(
-                all.iter().map(|s| i64_of(s.rows())),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                all.iter().map(|s| i64_of(s.bytes.load(Ordering::Relaxed))),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                all.iter().map(|s| i64_of(s.bad_records())),
-            )),
-        ];
-        if !self.sinks {
-            columns.push(Arc::new(Int64Array::from_iter(all.iter().map(|s| {
-                let lag = s.lag.load(Ordering::Relaxed);
-                (lag >= 0).then_some(lag)
-            }))));
-        }
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
-    }
+fn status_table(schema: SchemaRef, list: Arc<dyn StatusList>, sinks: bool) -> SystemTable {
+    SystemTable::new(
+        schema,
+        Box::new(move || {
+            let mut all = list.statuses(sinks);
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            let i64_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(
+                    all.iter().map(|s| s.name.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    all.iter().map(|s| s.topic.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(all.iter().map(|s| s.state()))),
+                Arc::new(Int64Array::from_iter_values(
+                    all.iter().map(|s| i64_of(s.rows())),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    all.iter().map(|s| i64_of(s.bytes.load(Ordering::Relaxed))),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    all.iter().map(|s| i64_of(s.bad_records())),
+                )),
+            ];
+            if !sinks {
+                columns.push(Arc::new(Int64Array::from_iter(all.iter().map(|s| {
+                    let lag = s.lag.load(Ordering::Relaxed);
+                    (lag >= 0).then_some(lag)
+                }))));
+            }
+            Ok(columns)
+        }),
+    )
 }

@@ -7,17 +7,10 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_plan::ExecutionPlan;
-use sluice_catalog::Relation;
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::catalog::TableProvider;
+use sluice_catalog::{Relation, SystemTable};
 use sluice_dataflow::Node;
 
 use crate::Dataflow;
@@ -60,48 +53,6 @@ fn walk(relation: &Relation, node: &Node, index: &mut usize, out: &mut Vec<Opera
     }
 }
 
-type Rows = Box<dyn Fn() -> DfResult<Vec<ArrayRef>> + Send + Sync>;
-
-/// A read-only table computed when it is read.
-struct SystemTable {
-    schema: SchemaRef,
-    rows: Rows,
-}
-
-impl std::fmt::Debug for SystemTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemTable")
-            .field("schema", &self.schema)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl TableProvider for SystemTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = RecordBatch::try_new(self.schema.clone(), (self.rows)()?)?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
-    }
-}
-
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -123,9 +74,9 @@ impl Dataflow {
             Field::new("late_rows", DataType::Int64, false),
         ]));
         let dataflow = Arc::downgrade(self);
-        Arc::new(SystemTable {
+        Arc::new(SystemTable::new(
             schema,
-            rows: Box::new(move || {
+            Box::new(move || {
                 let mut operators = match dataflow.upgrade() {
                     Some(d) => d
                         .registry
@@ -169,7 +120,7 @@ impl Dataflow {
                     Arc::new(Int64Array::from(late)),
                 ])
             }),
-        })
+        ))
     }
 
     /// `sluice_late_events (source, view, row, event_time, watermark,
@@ -185,9 +136,9 @@ impl Dataflow {
             Field::new("arrived", time, false),
         ]));
         let late = self.late.clone();
-        Arc::new(SystemTable {
+        Arc::new(SystemTable::new(
             schema,
-            rows: Box::new(move || {
+            Box::new(move || {
                 let events = late.events();
                 Ok(vec![
                     Arc::new(StringArray::from_iter_values(
@@ -208,6 +159,6 @@ impl Dataflow {
                     timestamps(events.iter().map(|e| Some(e.arrived))),
                 ])
             }),
-        })
+        ))
     }
 }

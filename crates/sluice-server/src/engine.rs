@@ -20,7 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sluice_catalog::{Catalog, SluiceSchema};
 use sluice_common::{Result, SluiceError};
-use sluice_connectors::{Sources, SourcesTable};
+use sluice_connectors::{sinks_table, sources_table, Sources};
 use sluice_planner::{Dataflow, DataflowOptions};
 use sluice_sql::Statement;
 use sluice_state::StateBackend;
@@ -101,14 +101,8 @@ impl Engine {
         let provider = MemoryCatalogProvider::new();
         let schema = Arc::new(SluiceSchema::new(catalog.clone()));
         let sources = Sources::new(catalog.clone());
-        schema.register_system_table(
-            "sluice_sources",
-            Arc::new(SourcesTable::new(sources.clone())),
-        );
-        schema.register_system_table(
-            "sluice_sinks",
-            Arc::new(SourcesTable::sinks(sources.clone())),
-        );
+        schema.register_system_table("sluice_sources", Arc::new(sources_table(sources.clone())));
+        schema.register_system_table("sluice_sinks", Arc::new(sinks_table(sources.clone())));
         provider.register_schema("public", schema.clone())?;
         ctx.register_catalog(DATABASE, Arc::new(provider));
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
