@@ -18,7 +18,7 @@ pub struct LateRows {
     /// Each row's event time (microseconds), where the operator sees it.
     pub event_time: Vec<Option<i64>>,
     /// The watermark the rows were judged against (microseconds).
-    pub watermark: i64,
+    pub watermark: Option<i64>,
 }
 
 /// One late row, as `sluice_late_events` shows it.
@@ -33,7 +33,7 @@ pub struct LateEvent {
     /// Its event time (microseconds).
     pub event_time: Option<i64>,
     /// The watermark when it arrived (microseconds).
-    pub watermark: i64,
+    pub watermark: Option<i64>,
     /// When it arrived (microseconds since the epoch, wall clock).
     pub arrived: i64,
 }
@@ -77,7 +77,7 @@ impl LateEvents {
             view,
             source,
             rows = late.rows.num_rows(),
-            watermark = late.watermark,
+            watermark = ?late.watermark,
             "late rows dropped"
         );
         if self.retention == 0 {
@@ -152,7 +152,7 @@ mod tests {
                 LateRows {
                     rows: batch(vs),
                     event_time: vec![Some(5); n],
-                    watermark: 9,
+                    watermark: Some(9),
                 },
             );
         }

@@ -93,7 +93,9 @@ pub enum Node {
     Source {
         /// The relation's id.
         relation: u64,
-        /// Its name, for `EXPLAIN`.
+        /// Its kind (`stream`, `table`, `materialized view`), for `EXPLAIN`.
+        kind: String,
+        /// Its name.
         name: String,
         /// Its schema.
         schema: SchemaRef,
@@ -136,10 +138,8 @@ impl Node {
     fn collect_names(&self, out: &mut Vec<String>) {
         match self {
             Node::Source { name, .. } => {
-                // `name` reads "<kind> <name>".
-                let name = name.split_once(' ').map_or(name.as_str(), |(_, n)| n);
-                if !out.iter().any(|n| n == name) {
-                    out.push(name.to_owned());
+                if !out.contains(name) {
+                    out.push(name.clone());
                 }
             }
             Node::Op { inputs, .. } => inputs.iter().for_each(|i| i.collect_names(out)),
@@ -229,7 +229,7 @@ impl Node {
     fn explain_into(&self, depth: usize, lines: &mut Vec<String>) {
         let pad = "  ".repeat(depth);
         match self {
-            Node::Source { name, .. } => lines.push(format!("{pad}Source: {name}")),
+            Node::Source { kind, name, .. } => lines.push(format!("{pad}Source: {kind} {name}")),
             Node::Op { op, inputs, .. } => {
                 lines.push(format!("{pad}{}", op.explain()));
                 for input in inputs {

@@ -522,6 +522,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let source = |relation| Node::Source {
             relation,
+            kind: "stream".to_owned(),
             name: format!("s{relation}"),
             schema: schema.clone(),
         };

@@ -121,7 +121,8 @@ impl<'a> Builder<'a> {
                 }
                 let source = Node::Source {
                     relation: relation.entry().id,
-                    name: format!("{} {name}", relation.kind()),
+                    kind: relation.kind().to_string(),
+                    name: name.clone(),
                     schema: relation.schema(),
                 };
                 let source_schema = relation.schema();

@@ -151,11 +151,7 @@ impl Dataflow {
                         events.iter().map(|e| e.row.clone()),
                     )),
                     timestamps(events.iter().map(|e| e.event_time)),
-                    timestamps(
-                        events
-                            .iter()
-                            .map(|e| (e.watermark != i64::MIN).then_some(e.watermark)),
-                    ),
+                    timestamps(events.iter().map(|e| e.watermark)),
                     timestamps(events.iter().map(|e| Some(e.arrived))),
                 ])
             }),

@@ -136,6 +136,13 @@ pub(super) struct Slots {
     smallest: Vec<Option<i64>>,
 }
 
+/// Lowers `smallest` (when known) to the smallest of `values`.
+fn keep_smallest(smallest: &mut Option<i64>, values: &[Option<i64>]) {
+    if let (Some(s), Some(min)) = (smallest.as_mut(), values.iter().flatten().min()) {
+        *s = (*s).min(*min);
+    }
+}
+
 fn slot_key(state: &[u8], slot: usize) -> Vec<u8> {
     let mut k = state.to_vec();
     k.push(SLOT_SIDE);
@@ -191,48 +198,33 @@ impl Recompute {
             .map_err(|_| SluiceError::internal("slot lock poisoned"))?;
         let slots = self.slots(&mut guard, state, ctx)?;
         let batch = &changes.batch;
-        // (slot, values judged, ...) for this input.
+        // The values judged against each slot's bound, and the column that
+        // holds the rows' event time (read only if some row is late).
         let mut checks: Vec<(usize, Vec<Option<i64>>)> = Vec::new();
-        let mut reported_time: Option<Vec<Option<i64>>> = None;
+        let mut time_column: Option<usize> = None;
         match event_time {
             EventTime::Window(w) => {
                 for (slot, (column, _)) in w.columns.iter().enumerate() {
                     let key = &self.inputs[input].keys[*column];
-                    let values = key.evaluate(batch)?.into_array(batch.num_rows())?;
-                    checks.push((slot, micros_of(&values)?));
+                    let values = micros_of(&key.evaluate(batch)?.into_array(batch.num_rows())?)?;
+                    // New groups that may close later: keep the smallest.
+                    keep_smallest(&mut slots.smallest[slot], &values);
+                    checks.push((slot, values));
                 }
-                if let Some(c) = w.event_time {
-                    reported_time = Some(micros_of(batch.column(c))?);
-                }
+                time_column = w.event_time;
             }
             EventTime::Interval(expiries) => {
                 for (slot, e) in expiries.iter().enumerate() {
                     if e.other == input {
-                        let values = micros_of(batch.column(e.other_column))?;
-                        if reported_time.is_none() {
-                            reported_time = Some(match e.other_event_time {
-                                Some(c) => micros_of(batch.column(c))?,
-                                None => values.clone(),
-                            });
-                        }
-                        checks.push((slot, values));
+                        checks.push((slot, micros_of(batch.column(e.other_column))?));
+                        time_column =
+                            time_column.or(Some(e.other_event_time.unwrap_or(e.other_column)));
                     }
                     if e.side == input {
                         // New rows that may expire later: keep the smallest.
                         let values = micros_of(batch.column(e.column))?;
-                        let min = values.iter().flatten().min().copied();
-                        if let (Some(min), Some(smallest)) = (min, &mut slots.smallest[slot]) {
-                            *smallest = (*smallest).min(min);
-                        }
+                        keep_smallest(&mut slots.smallest[slot], &values);
                     }
-                }
-            }
-        }
-        if let EventTime::Window(_) = event_time {
-            for (slot, values) in &checks {
-                let min = values.iter().flatten().min().copied();
-                if let (Some(min), Some(smallest)) = (min, &mut slots.smallest[*slot]) {
-                    *smallest = (*smallest).min(min);
                 }
             }
         }
@@ -248,19 +240,14 @@ impl Recompute {
         }
         let late_mask = BooleanArray::from(late.clone());
         let rows = filter_record_batch(batch, &late_mask)?;
-        let event_time = reported_time
-            .map(|t| {
-                t.into_iter()
-                    .zip(&late)
-                    .filter(|(_, l)| **l)
-                    .map(|(t, _)| t)
-                    .collect()
-            })
-            .unwrap_or_else(|| vec![None; rows.num_rows()]);
+        let event_time = match time_column {
+            Some(c) => micros_of(rows.column(c))?,
+            None => vec![None; rows.num_rows()],
+        };
         ctx.late.push(LateRows {
             rows,
             event_time,
-            watermark: slots.watermark.unwrap_or(i64::MIN),
+            watermark: slots.watermark,
         });
         let keep = BooleanArray::from(late.iter().map(|l| !l).collect::<Vec<_>>());
         changes.filter(&keep)
