@@ -74,6 +74,13 @@ pub trait Operator: Send + Sync {
         Ok(None)
     }
 
+    /// The earliest event time (microseconds) of the rows the operator holds
+    /// back to emit later, if any: its output watermark stays at or below
+    /// it, so that those rows are not late downstream when they come.
+    fn watermark_hold(&self) -> Option<i64> {
+        None
+    }
+
     /// The schema of the output.
     fn schema(&self) -> SchemaRef;
 

@@ -205,8 +205,24 @@ impl Watermarks {
     /// Records input `input`'s watermark; returns the output's watermark if
     /// it advanced.
     pub fn advance(&mut self, input: usize, watermark: i64) -> Option<i64> {
-        let slot = self.current.get_mut(input)?;
+        self.record(input, watermark);
+        self.output(None)
+    }
+
+    /// Records input `input`'s watermark; returns whether it moved.
+    pub fn record(&mut self, input: usize, watermark: i64) -> bool {
+        let Some(slot) = self.current.get_mut(input) else {
+            return false;
+        };
+        let before = *slot;
         *slot = Some(slot.map_or(watermark, |w| w.max(watermark)));
+        *slot != before
+    }
+
+    /// The output's watermark, if it advanced: the minimum over the inputs
+    /// that carry one, held at `hold` (the earliest event time an operator
+    /// still holds back).
+    pub fn output(&mut self, hold: Option<i64>) -> Option<i64> {
         let mut min: Option<i64> = None;
         for (carries, w) in self.carries.iter().zip(&self.current) {
             if !carries {
@@ -215,7 +231,10 @@ impl Watermarks {
             let w = (*w)?;
             min = Some(min.map_or(w, |m| m.min(w)));
         }
-        let min = min?;
+        let min = match hold {
+            Some(h) => min?.min(h),
+            None => min?,
+        };
         if self.emitted.is_some_and(|e| e >= min) {
             return None;
         }
@@ -379,9 +398,7 @@ impl Task {
         let mut failure: Option<SluiceError> = None;
         let mut failed = false;
         let mut late: Vec<LateRows> = Vec::new();
-        // The output watermark not yet passed on, and whether any input's
-        // watermark moved since the last barrier.
-        let mut pending_watermark: Option<i64> = None;
+        // Whether any input's watermark moved since the last barrier.
         let mut watermark_moved = false;
         while let Some((input, message)) = aligner.next(&mut inbox).await {
             let result = match message {
@@ -410,11 +427,7 @@ impl Task {
                     result
                 }
                 Message::Watermark(w) => {
-                    let before = watermarks.inputs().get(input).copied().flatten();
-                    if let Some(w) = watermarks.advance(input, w) {
-                        pending_watermark = Some(w);
-                    }
-                    watermark_moved |= watermarks.inputs().get(input).copied().flatten() != before;
+                    watermark_moved |= watermarks.record(input, w);
                     continue;
                 }
                 Message::Barrier(epoch) => {
@@ -438,7 +451,7 @@ impl Task {
                             }
                         }
                     }
-                    if let Some(w) = pending_watermark.take() {
+                    if let Some(w) = watermarks.output(op.watermark_hold()) {
                         if !out.send(Message::Watermark(w)).await {
                             break;
                         }
@@ -592,6 +605,14 @@ mod tests {
         assert_eq!(w.advance(2, 90), Some(50));
         assert_eq!(w.advance(1, 10), None);
         assert_eq!(w.advance(0, 70), Some(70));
+        assert!(w.record(0, 100));
+        assert_eq!(
+            w.output(Some(80)),
+            Some(80),
+            "held at the earliest row held back"
+        );
+        assert_eq!(w.output(Some(75)), None, "a hold never takes it back");
+        assert_eq!(w.output(None), Some(90));
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ mod event_time;
 mod plan;
 mod system;
 mod tasks;
+mod temporal;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::plan::Builder;
 use crate::tasks::{poisoned, Command, Coordinator, LiveView, Registry, Router, SharedRegistry};
+use crate::temporal::AsOf;
 
 /// How the dataflow runs.
 #[derive(Debug, Clone)]
@@ -128,25 +130,40 @@ impl Dataflow {
         })
     }
 
-    async fn logical_plan(&self, query: &ast::Query) -> Result<LogicalPlan> {
-        let mut statement = ast::Statement::Query(Box::new(query.clone()));
+    /// The optimized plan of a view's query, with the tables it joins by
+    /// event time.
+    async fn logical_plan(&self, query: &ast::Query) -> Result<(LogicalPlan, Vec<AsOf>)> {
+        let mut query = query.clone();
+        let temporal = temporal::prepare(&self.catalog, &mut query)?;
+        let mut statement = ast::Statement::Query(Box::new(query));
         sluice_sql::naming::apply_postgres_column_names(&mut statement);
         let state = self.ctx.state();
         let plan = state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await?;
-        Ok(state.optimize(&plan)?)
+        Ok((state.optimize(&plan)?, temporal))
     }
 
     fn build(
         &self,
         plan: &LogicalPlan,
+        temporal: Vec<AsOf>,
         view_id: u64,
         emit_on_window_close: bool,
     ) -> Result<(Node, Vec<String>)> {
         let mut builder = Builder::new(&self.catalog, &self.ctx, view_id);
         builder.emit_on_window_close = emit_on_window_close;
+        builder.temporal = temporal;
         let root = builder.build(plan)?;
+        if let Some(unused) = builder.temporal.iter().find(|t| !t.used) {
+            return Err(SluiceError::not_supported(
+                format!(
+                    "FOR SYSTEM_TIME AS OF on \"{}\" where it is not joined with a stream",
+                    unused.qualifier
+                ),
+                Some("an event-time temporal join joins a stream (on the left) with a table"),
+            ));
+        }
         if emit_on_window_close && builder.windows == 0 {
             return Err(SluiceError::InvalidDefinition {
                 message: "EMIT ON WINDOW CLOSE needs a GROUP BY on the window of a stream with a \
@@ -192,8 +209,13 @@ impl Dataflow {
                 return Err(SluiceError::internal("a view without its query"));
             };
             let view = sluice_sql::parse_view_query(&sql)?;
-            let plan = self.logical_plan(&view.query).await?;
-            let (root, _) = self.build(&plan, relation.entry().id, view.emit_on_window_close)?;
+            let (plan, temporal) = self.logical_plan(&view.query).await?;
+            let (root, _) = self.build(
+                &plan,
+                temporal,
+                relation.entry().id,
+                view.emit_on_window_close,
+            )?;
             self.start(relation, root)?;
         }
         let pending = self.catalog.pending_changes()?;
@@ -255,21 +277,27 @@ impl Dataflow {
                     continue;
                 };
                 let carried = match input.kind() {
-                    RelationKind::Stream => match self.watermark_expr(&input)? {
-                        Some(expr) => {
-                            event_time.push((source, expr));
-                            if let Some(v) = input.entry().options.get("idle_timeout") {
-                                idle.push((
-                                    source,
-                                    sluice_catalog::duration_option("idle_timeout", v)?,
-                                ));
+                    // A table's watermark reaches the event-time temporal
+                    // joins that read it, but holds back no output
+                    // watermark: a join holds its own until the events
+                    // waiting for the table go out.
+                    RelationKind::Stream | RelationKind::Table => {
+                        match self.watermark_expr(&input)? {
+                            Some(expr) => {
+                                event_time.push((source, expr));
+                                if let Some(v) = input.entry().options.get("idle_timeout") {
+                                    idle.push((
+                                        source,
+                                        sluice_catalog::duration_option("idle_timeout", v)?,
+                                    ));
+                                }
+                                input.kind() == RelationKind::Stream
                             }
-                            true
+                            None => false,
                         }
-                        None => false,
-                    },
+                    }
                     RelationKind::View => registry.views.get(&source).is_some_and(|v| v.carries),
-                    RelationKind::Table | RelationKind::Sink => false,
+                    RelationKind::Sink => false,
                 };
                 carries.insert(source, carried);
             }
@@ -364,7 +392,7 @@ impl Dataflow {
                     return Ok(None);
                 };
                 let view = sluice_sql::parse_view_query(&sql)?;
-                let plan = self.logical_plan(&view.query).await?;
+                let (plan, _) = self.logical_plan(&view.query).await?;
                 let n = plan.schema().fields().len();
                 Ok(plan
                     .schema()
@@ -485,9 +513,9 @@ impl Dataflow {
                 name: create.name.clone(),
             });
         }
-        let plan = self.logical_plan(&create.query).await?;
+        let (plan, temporal) = self.logical_plan(&create.query).await?;
         let id = self.catalog.next_id()?;
-        let (root, depends_on) = self.build(&plan, id, create.emit_on_window_close)?;
+        let (root, depends_on) = self.build(&plan, temporal, id, create.emit_on_window_close)?;
         let schema = plan.schema().as_arrow().clone();
         let relation =
             self.catalog
@@ -544,8 +572,8 @@ impl Dataflow {
     /// `EXPLAIN CREATE MATERIALIZED VIEW`: the operator tree, one operator a
     /// line with the state it keeps.
     pub async fn explain(&self, create: &CreateView) -> Result<Vec<String>> {
-        let plan = self.logical_plan(&create.query).await?;
-        let (root, _) = self.build(&plan, 0, create.emit_on_window_close)?;
+        let (plan, temporal) = self.logical_plan(&create.query).await?;
+        let (root, _) = self.build(&plan, temporal, 0, create.emit_on_window_close)?;
         let mut lines = vec![format!("Materialize: {}", create.name)];
         lines.extend(root.explain().into_iter().map(|l| format!("  {l}")));
         Ok(lines)

@@ -36,6 +36,8 @@ pub struct Builder<'a> {
     pub emit_on_window_close: bool,
     /// A windowed GROUP BY took the emit mode.
     pub windows: usize,
+    /// The tables the query joins by event time.
+    pub temporal: Vec<crate::temporal::AsOf>,
 }
 
 fn unsupported(what: impl Into<String>, hint: &str) -> SluiceError {
@@ -52,6 +54,7 @@ impl<'a> Builder<'a> {
             depends_on: Vec::new(),
             emit_on_window_close: false,
             windows: 0,
+            temporal: Vec::new(),
         }
     }
 
@@ -62,21 +65,25 @@ impl<'a> Builder<'a> {
         s
     }
 
-    fn physical(&self, expr: &Expr, schema: &DFSchemaRef) -> Result<Arc<dyn PhysicalExpr>> {
+    pub(crate) fn physical(
+        &self,
+        expr: &Expr,
+        schema: &DFSchemaRef,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
         Ok(self
             .ctx
             .state()
             .create_physical_expr(expr.clone(), schema)?)
     }
 
-    fn op(&mut self, op: Box<dyn sluice_dataflow::Operator>, inputs: Vec<Node>) -> Node {
+    pub(crate) fn op(&mut self, op: Box<dyn sluice_dataflow::Operator>, inputs: Vec<Node>) -> Node {
         let state = self.state();
         Node::Op { op, inputs, state }
     }
 
     /// Whether every row `plan` produces is an insert, forever (it reads
     /// only streams, through stateless nodes).
-    fn append_only(&self, plan: &LogicalPlan) -> bool {
+    pub(crate) fn append_only(&self, plan: &LogicalPlan) -> bool {
         match plan {
             LogicalPlan::TableScan(scan) => matches!(
                 self.catalog.get(scan.table_name.table()),
@@ -274,6 +281,11 @@ impl<'a> Builder<'a> {
                 Ok(self.op(Box::new(op), vec![input]))
             }
             LogicalPlan::Join(j) => {
+                let versioned = crate::temporal::qualifier_of(&j.right)
+                    .and_then(|q| self.temporal.iter().position(|t| t.qualifier == q));
+                if let Some(at) = versioned {
+                    return self.temporal_join(plan, j, at);
+                }
                 let left_stream = self.append_only(&j.left);
                 let right_stream = self.append_only(&j.right);
                 let mut interval = None;

@@ -5,6 +5,7 @@
 pub mod ast;
 pub mod naming;
 pub mod parser;
+mod temporal;
 pub mod types;
 pub mod windows;
 
@@ -12,4 +13,5 @@ pub use ast::{
     ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,
 };
 pub use parser::{normalize_ident, object_name, parse, parse_view_query};
+pub use temporal::as_of_column;
 pub use types::SqlType;

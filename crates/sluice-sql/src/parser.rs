@@ -6,7 +6,7 @@ use datafusion::sql::sqlparser::ast::{self, Ident};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{IsOptional, Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use sluice_common::{Result, SluiceError};
 
 use crate::ast::{
@@ -20,7 +20,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let mut tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| ParserError::TokenizerError(e.to_string()))?;
-    strip_proctime(&mut tokens);
+    let mut clauses = crate::temporal::cut(&mut tokens)?;
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut statements = Vec::new();
     loop {
@@ -29,6 +29,12 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
             break;
         }
         let mut statement = parse_statement(&mut parser)?;
+        let end = parser.peek_token().span.start;
+        let ours = clauses
+            .iter()
+            .take_while(|c| c.at < end || end.line == 0)
+            .count();
+        crate::temporal::attach(&mut statement, clauses.drain(..ours).collect())?;
         crate::windows::rewrite_windows(&mut statement)?;
         statements.push(statement);
         if !parser.consume_token(&Token::SemiColon) && parser.peek_token().token != Token::EOF {
@@ -48,34 +54,6 @@ pub fn parse_view_query(sql: &str) -> Result<CreateView> {
     match parse(&format!("CREATE MATERIALIZED VIEW stored AS {sql}"))?.pop() {
         Some(Statement::CreateView(view)) => Ok(*view),
         _ => Err(SluiceError::internal("a stored view query does not parse")),
-    }
-}
-
-/// `stream JOIN table FOR SYSTEM_TIME AS OF PROCTIME()` spells out what a
-/// stream-table join is anyway (a lookup of the table's current row), as
-/// Flink and RisingWave write it: the clause is accepted and dropped.
-fn strip_proctime(tokens: &mut Vec<TokenWithSpan>) {
-    const CLAUSE: [&str; 7] = ["for", "system_time", "as", "of", "proctime", "(", ")"];
-    let significant: Vec<usize> = (0..tokens.len())
-        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
-        .collect();
-    let text = |i: usize| match &tokens[i].token {
-        Token::Word(w) => w.value.to_lowercase(),
-        other => other.to_string(),
-    };
-    let mut doomed = Vec::new();
-    let mut k = 0;
-    while k + CLAUSE.len() <= significant.len() {
-        let window = &significant[k..k + CLAUSE.len()];
-        if window.iter().zip(CLAUSE).all(|(&i, word)| text(i) == word) {
-            doomed.extend_from_slice(window);
-            k += CLAUSE.len();
-        } else {
-            k += 1;
-        }
-    }
-    for i in doomed.into_iter().rev() {
-        tokens.remove(i);
     }
 }
 

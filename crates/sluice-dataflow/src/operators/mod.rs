@@ -2,6 +2,7 @@
 
 mod map;
 mod recompute;
+mod temporal;
 mod union;
 
 pub use map::Map;
@@ -9,4 +10,5 @@ pub use recompute::{
     micros_of, Bound, EventTime, Expiry, Merge, Partitioning, Recompute, RecomputeInput,
     WindowClose, WATERMARK_COLUMN,
 };
+pub use temporal::{TemporalJoin, TemporalSpec};
 pub use union::Union;

@@ -152,7 +152,7 @@ fn rows_of(converter: &RowConverter, batch: &RecordBatch) -> Result<Vec<Vec<u8>>
 
 /// `<key length u32> <key> <row>` (a state key after its prefix and side)
 /// as key and row.
-fn split_entry(entry: &[u8]) -> Result<(&[u8], &[u8])> {
+pub(crate) fn split_entry(entry: &[u8]) -> Result<(&[u8], &[u8])> {
     let corrupt = || SluiceError::Storage("corrupt operator state key".into());
     let (len, rest) = entry.split_first_chunk::<4>().ok_or_else(corrupt)?;
     let len = u32::from_be_bytes(*len) as usize;
