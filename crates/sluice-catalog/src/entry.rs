@@ -179,7 +179,7 @@ impl RelationEntry {
         if entry.options.contains_key("idle_timeout") && entry.watermark.is_none() {
             return Err(SluiceError::InvalidOption {
                 message: format!(
-                    "option \"idle_timeout\" needs a watermark, and stream \"{name}\" has none"
+                    "option \"idle_timeout\" needs a watermark, and {kind} \"{name}\" has none"
                 ),
                 hint: Some("declare one: WATERMARK FOR ts AS ts - INTERVAL '5 seconds'".to_owned()),
             });

@@ -32,8 +32,8 @@ const CONNECTORS: &[ConnectorSpec] = &[ConnectorSpec {
     prefixes: &["properties."],
 }];
 
-/// Options any stream takes, with or without a connector.
-const STREAM_OPTIONS: &[&str] = &["idle_timeout"];
+/// Options any stream or table takes, with or without a connector.
+const TIME_OPTIONS: &[&str] = &["idle_timeout"];
 
 /// A duration option (`'5 seconds'`, `'500 milliseconds'`).
 pub fn duration(key: &str, value: &str) -> Result<std::time::Duration> {
@@ -89,7 +89,7 @@ pub fn validate(
         }
     };
     for (key, value) in &map {
-        if kind == RelationKind::Stream && STREAM_OPTIONS.contains(&key.as_str()) {
+        if kind != RelationKind::Sink && TIME_OPTIONS.contains(&key.as_str()) {
             duration(key, value)?;
             continue;
         }
@@ -102,8 +102,7 @@ pub fn validate(
             return Err(SluiceError::InvalidOption {
                 message: format!("unrecognized option \"{key}\" for {kind} \"{name}\""),
                 hint: Some(if accepted.is_empty() {
-                    "without a connector, a table takes no options and a stream only \
-                     idle_timeout"
+                    "without a connector, a stream or table takes only idle_timeout"
                         .to_owned()
                 } else {
                     let mut all: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
