@@ -102,8 +102,7 @@ pub fn validate(
             return Err(SluiceError::InvalidOption {
                 message: format!("unrecognized option \"{key}\" for {kind} \"{name}\""),
                 hint: Some(if accepted.is_empty() {
-                    "without a connector, a stream or table takes only idle_timeout"
-                        .to_owned()
+                    "without a connector, a stream or table takes only idle_timeout".to_owned()
                 } else {
                     let mut all: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
                     all.extend(prefixes.iter().map(|p| format!("{p}*")));
