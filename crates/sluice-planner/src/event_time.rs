@@ -52,7 +52,7 @@ impl LBound {
         })
     }
 
-    fn map(&self, f: impl Fn(Expr) -> Expr) -> LBound {
+    pub(crate) fn map(&self, f: impl Fn(Expr) -> Expr) -> LBound {
         LBound {
             exprs: self.exprs.iter().cloned().map(f).collect(),
             watermark_type: self.watermark_type.clone(),
@@ -100,6 +100,9 @@ pub(crate) fn bounds(catalog: &Catalog, plan: &LogicalPlan) -> Result<Bounds> {
             out
         }
         LogicalPlan::Projection(p) => {
+            if let Some(session) = crate::session::session_of(p) {
+                return session.bounds(catalog);
+            }
             let input = bounds(catalog, &p.input)?;
             p.expr
                 .iter()

@@ -14,6 +14,7 @@
 
 mod event_time;
 mod plan;
+mod session;
 mod system;
 mod tasks;
 mod temporal;

@@ -165,6 +165,9 @@ impl<'a> Builder<'a> {
                 Ok(self.op(Box::new(map), vec![source]))
             }
             LogicalPlan::Projection(p) => {
+                if let Some(session) = crate::session::session_of(p) {
+                    return self.session(plan, session);
+                }
                 let input = self.build(&p.input)?;
                 let exprs = p
                     .expr

@@ -257,7 +257,8 @@ fn rewrite(factor: &mut TableFactor, partition: &[String]) -> Result<()> {
                 .join(" UNION ALL ")
         }
         _ => {
-            let gap = interval(micros(&function, "gap", &args[2])?);
+            let gap_micros = micros(&function, "gap", &args[2])?;
+            let gap = interval(gap_micros);
             let by = if partition.is_empty() {
                 String::new()
             } else {
@@ -276,7 +277,7 @@ fn rewrite(factor: &mut TableFactor, partition: &[String]) -> Result<()> {
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __sluice_session \
                        FROM (SELECT *, CASE WHEN {ts} - lag({ts}) OVER ({by}ORDER BY {ts}) < {gap} \
                                        THEN 0 ELSE 1 END AS __sluice_new \
-                             FROM {source}) AS __sluice_gaps) AS __sluice_sessions"
+                             FROM {source}) AS __sluice_gaps) AS __sluice_sessions_{gap_micros}"
             )
         }
     };

@@ -2,6 +2,7 @@
 
 mod map;
 mod recompute;
+mod session;
 mod temporal;
 mod union;
 
@@ -10,5 +11,6 @@ pub use recompute::{
     micros_of, Bound, EventTime, Expiry, Merge, Partitioning, Recompute, RecomputeInput,
     WindowClose, WATERMARK_COLUMN,
 };
+pub use session::{Session, SessionColumn, SessionSpec};
 pub use temporal::{TemporalJoin, TemporalSpec};
 pub use union::Union;

@@ -1,0 +1,178 @@
+//! `SESSION` windows in a view. The parser writes `SESSION(src, ts, gap)` as
+//! window functions (`lag`, a running `sum`, then `min`/`max` per session),
+//! which is right for an ad hoc query but would keep every row of a
+//! partition forever in a view. The builder recognizes that shape (by the
+//! subquery alias `__sluice_sessions_<gap in microseconds>` the parser
+//! gives it) and makes one [`Session`] operator of it instead, which frees
+//! sessions the watermark closes; [`bounds`] tells the planner that its
+//! `window_end` is bounded by the watermark, so a GROUP BY over sessions
+//! closes (and can `EMIT ON WINDOW CLOSE`).
+
+use std::sync::Arc;
+
+use datafusion::common::Column;
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
+use sluice_catalog::Catalog;
+use sluice_common::Result;
+use sluice_dataflow::operators::{Session, SessionColumn, SessionSpec};
+use sluice_dataflow::Node;
+
+use crate::event_time::Bounds;
+use crate::plan::Builder;
+
+const ALIAS: &str = "__sluice_sessions_";
+
+/// One output column of a recognized session projection.
+#[derive(Debug, Clone)]
+enum Out {
+    Column(Column),
+    Start,
+    End,
+}
+
+/// A projection that is a `SESSION` window over `source`.
+pub(crate) struct SessionShape<'a> {
+    source: &'a LogicalPlan,
+    partition: Vec<Column>,
+    time: Column,
+    gap: i64,
+    outputs: Vec<Out>,
+}
+
+fn window_function(e: &Expr) -> Option<&datafusion::logical_expr::expr::WindowFunction> {
+    match e {
+        Expr::Alias(a) => window_function(&a.expr),
+        Expr::WindowFunction(f) => Some(f),
+        _ => None,
+    }
+}
+
+/// `p` as a session window, if it is one.
+pub(crate) fn session_of(p: &Projection) -> Option<SessionShape<'_>> {
+    let LogicalPlan::Window(outer) = p.input.as_ref() else {
+        return None;
+    };
+    let LogicalPlan::SubqueryAlias(alias) = outer.input.as_ref() else {
+        return None;
+    };
+    let gap: i64 = alias.alias.table().strip_prefix(ALIAS)?.parse().ok()?;
+    // Down to the window that computes lag(ts): its input is the source.
+    let mut node = alias.input.as_ref();
+    let (lag, source) = loop {
+        match node {
+            LogicalPlan::Window(w) => {
+                let f = w.window_expr.first().and_then(window_function)?;
+                if f.fun.name() == "lag" {
+                    break (f, w.input.as_ref());
+                }
+                node = w.input.as_ref();
+            }
+            other if other.inputs().len() == 1 => node = other.inputs()[0],
+            _ => return None,
+        }
+    };
+    let column = |e: &Expr| match e {
+        Expr::Column(c) => Some(Column::from_name(c.name.clone())),
+        _ => None,
+    };
+    let partition = lag
+        .params
+        .partition_by
+        .iter()
+        .map(column)
+        .collect::<Option<Vec<_>>>()?;
+    let time = column(&lag.params.order_by.first()?.expr)?;
+    let outputs = p
+        .expr
+        .iter()
+        .map(|e| match e {
+            Expr::Alias(a) if a.name == "window_start" => Some(Out::Start),
+            Expr::Alias(a) if a.name == "window_end" => Some(Out::End),
+            Expr::Alias(a) => column(&a.expr).map(Out::Column),
+            e => column(e).map(Out::Column),
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(SessionShape {
+        source,
+        partition,
+        time,
+        gap,
+        outputs,
+    })
+}
+
+impl SessionShape<'_> {
+    fn index(&self, c: &Column) -> Result<usize> {
+        Ok(self
+            .source
+            .schema()
+            .index_of_column_by_name(None, &c.name)
+            .ok_or_else(|| {
+                sluice_common::SluiceError::internal(format!(
+                    "session column {c} not in its source"
+                ))
+            })?)
+    }
+
+    /// The bounds of the projection's columns: those of the source's
+    /// columns, and the watermark for `window_end` (every row emitted after
+    /// watermark `W` has `window_end > W`).
+    pub(crate) fn bounds(&self, catalog: &Catalog) -> Result<Bounds> {
+        let input = crate::event_time::bounds(catalog, self.source)?;
+        let time = input.get(self.index(&self.time)?).cloned().flatten();
+        self.outputs
+            .iter()
+            .map(|o| {
+                Ok(match o {
+                    Out::Column(c) => input.get(self.index(c)?).cloned().flatten(),
+                    Out::Start => None,
+                    Out::End => time.as_ref().map(|t| t.map(|e| e)),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Builder<'_> {
+    /// The [`Session`] operator for `shape`, whose output is `plan`'s.
+    pub(crate) fn session(&mut self, plan: &LogicalPlan, shape: SessionShape<'_>) -> Result<Node> {
+        let columns = shape
+            .outputs
+            .iter()
+            .map(|o| {
+                Ok(match o {
+                    Out::Column(c) => SessionColumn::Input(shape.index(c)?),
+                    Out::Start => SessionColumn::Start,
+                    Out::End => SessionColumn::End,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let partition = shape
+            .partition
+            .iter()
+            .map(|c| shape.index(c))
+            .collect::<Result<Vec<_>>>()?;
+        let label = format!(
+            "Session: gap {} s, partitioned by [{}], on {}",
+            shape.gap as f64 / 1e6,
+            shape
+                .partition
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            shape.time.name
+        );
+        let op = Session::try_new(SessionSpec {
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+            input_schema: Arc::new(shape.source.schema().as_arrow().clone()),
+            partition,
+            time: shape.index(&shape.time)?,
+            gap: shape.gap,
+            columns,
+            label,
+        })?;
+        let input = self.build(shape.source)?;
+        Ok(self.op(Box::new(op), vec![input]))
+    }
+}
