@@ -401,19 +401,13 @@ mod tests {
     fn a_merge_retracts_the_old_bounds() {
         let row = |t: i64| (t, vec![t as u8], 1);
         let old: Rows = vec![row(0), row(20)];
-        let new: Rows = vec![row(0), row(12), row(20)];
-        let changes = diff(&old, &sessions(&old, 10), &new, &sessions(&new, 10));
+        let new: Rows = vec![row(0), row(10), row(20)];
+        let changes = diff(&old, &sessions(&old, 15), &new, &sessions(&new, 15));
         let signed: Vec<(i64, i64, i64)> =
             changes.iter().map(|(_, s, e, n)| (*s, *e, *n)).collect();
         assert_eq!(
             signed,
-            vec![
-                (0, 10, -1),
-                (20, 30, -1),
-                (0, 30, 1),
-                (0, 30, 1),
-                (0, 30, 1)
-            ]
+            vec![(0, 15, -1), (20, 35, -1), (0, 35, 1), (0, 35, 1), (0, 35, 1)]
         );
     }
 }
