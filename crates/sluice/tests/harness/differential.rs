@@ -73,6 +73,14 @@ const STREAM_VIEWS: &[(&str, &str, &str)] = &[
            UNION ALL SELECT date_bin(INTERVAL '2 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') - INTERVAL '4 seconds', k FROM e_mirror) h \
          GROUP BY ws, k",
     ),
+    // The Session operator against DataFusion's window functions in batch.
+    (
+        "vs_session",
+        "SELECT window_start, window_end, k, count(*) AS n, sum(x) AS sx \
+         FROM SESSION(e, ts, INTERVAL '3 seconds') GROUP BY window_start, window_end, k",
+        "SELECT window_start, window_end, k, count(*) AS n, sum(x) AS sx \
+         FROM SESSION(e_mirror, ts, INTERVAL '3 seconds') GROUP BY window_start, window_end, k",
+    ),
 ];
 
 /// Views over views, with their batch equivalent.
