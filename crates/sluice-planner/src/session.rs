@@ -103,15 +103,14 @@ pub(crate) fn session_of(p: &Projection) -> Option<SessionShape<'_>> {
 
 impl SessionShape<'_> {
     fn index(&self, c: &Column) -> Result<usize> {
-        Ok(self
-            .source
+        self.source
             .schema()
             .index_of_column_by_name(None, &c.name)
             .ok_or_else(|| {
                 sluice_common::SluiceError::internal(format!(
                     "session column {c} not in its source"
                 ))
-            })?)
+            })
     }
 
     /// The bounds of the projection's columns: those of the source's
