@@ -3,6 +3,7 @@
 mod map;
 mod recompute;
 mod session;
+mod state_keys;
 mod temporal;
 mod union;
 

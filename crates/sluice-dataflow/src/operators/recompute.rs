@@ -150,23 +150,7 @@ fn rows_of(converter: &RowConverter, batch: &RecordBatch) -> Result<Vec<Vec<u8>>
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
 }
 
-/// `<key length u32> <key> <row>` (a state key after its prefix and side)
-/// as key and row.
-pub(crate) fn split_entry(entry: &[u8]) -> Result<(&[u8], &[u8])> {
-    let corrupt = || SluiceError::Storage("corrupt operator state key".into());
-    let (len, rest) = entry.split_first_chunk::<4>().ok_or_else(corrupt)?;
-    let len = u32::from_be_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(corrupt());
-    }
-    Ok(rest.split_at(len))
-}
-
-fn count_of(bytes: &[u8]) -> Result<i64> {
-    Ok(i64::from_be_bytes(bytes.try_into().map_err(|_| {
-        SluiceError::Storage("corrupt operator state multiplicity".into())
-    })?))
-}
+pub(crate) use super::state_keys::{count_of, split_entry};
 
 impl Recompute {
     /// Maintains `plan` (whose inputs are `inputs`, in order) with
@@ -321,12 +305,7 @@ impl Recompute {
     }
 
     fn partition_prefix(state: &[u8], side: u8, key: &[u8]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(state.len() + 5 + key.len());
-        p.extend_from_slice(state);
-        p.push(side);
-        p.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        p.extend_from_slice(key);
-        p
+        super::state_keys::partition_prefix(state, side, key)
     }
 
     /// Adds `changes` (rows with their keys) to the multiset of `side`.

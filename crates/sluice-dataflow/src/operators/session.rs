@@ -27,9 +27,12 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMicrosecondArray,
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
-use sluice_common::{ChangeBatch, Result, SluiceError};
+use sluice_common::{ChangeBatch, Result};
 
 use super::recompute::micros_of;
+use super::state_keys::{
+    count_of, ordered_time, partition_prefix, side_prefix, split_entry, time_of,
+};
 use crate::late::LateRows;
 use crate::{OpContext, Operator};
 
@@ -74,23 +77,6 @@ pub struct Session {
 
 /// Encoded rows of one partition with their times and multiplicities.
 type Rows = Vec<(i64, Vec<u8>, i64)>;
-
-fn ordered(t: i64) -> [u8; 8] {
-    ((t as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn unordered(bytes: &[u8]) -> Result<i64> {
-    let b: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| SluiceError::Storage("corrupt session time".into()))?;
-    Ok((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
-}
-
-fn count_of(bytes: &[u8]) -> Result<i64> {
-    Ok(i64::from_be_bytes(bytes.try_into().map_err(|_| {
-        SluiceError::Storage("corrupt session multiplicity".into())
-    })?))
-}
 
 /// The sessions of `rows` (sorted by time): each row's (start, end).
 fn sessions(rows: &Rows, gap: i64) -> Vec<(i64, i64)> {
@@ -137,23 +123,13 @@ impl Session {
         })
     }
 
-    fn prefix(state: &[u8], key: &[u8]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(state.len() + 5 + key.len());
-        p.extend_from_slice(state);
-        p.push(ROWS);
-        p.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        p.extend_from_slice(key);
-        p
-    }
-
-    fn meta_key(state: &[u8]) -> Vec<u8> {
-        let mut k = state.to_vec();
-        k.push(META);
-        k
-    }
-
     fn freed(&self, state: &[u8], ctx: &OpContext<'_>) -> Result<Option<i64>> {
-        match ctx.txn.multi_get(&[Self::meta_key(state)])?.pop().flatten() {
+        match ctx
+            .txn
+            .multi_get(&[side_prefix(state, META)])?
+            .pop()
+            .flatten()
+        {
             Some(bytes) => Ok(Some(count_of(&bytes)?)),
             None => Ok(None),
         }
@@ -161,12 +137,12 @@ impl Session {
 
     /// A partition's rows, in time order.
     fn load(&self, state: &[u8], ctx: &OpContext<'_>, key: &[u8]) -> Result<Rows> {
-        let prefix = Self::prefix(state, key);
+        let prefix = partition_prefix(state, ROWS, key);
         ctx.txn
             .scan_prefix(&prefix)?
             .into_iter()
             .map(|(k, v)| {
-                let time = unordered(&k[prefix.len()..prefix.len() + 8])?;
+                let time = time_of(&k[prefix.len()..prefix.len() + 8])?;
                 Ok((time, k[prefix.len() + 8..].to_vec(), count_of(&v)?))
             })
             .collect()
@@ -303,11 +279,11 @@ impl Operator for Session {
             for (t, row, n) in &deltas[key] {
                 *merged.entry((*t, row.clone())).or_default() += n;
             }
-            let prefix = Self::prefix(state, key);
+            let prefix = partition_prefix(state, ROWS, key);
             let mut new: Rows = Vec::with_capacity(merged.len());
             for ((t, row), n) in merged {
                 let mut k = prefix.clone();
-                k.extend_from_slice(&ordered(t));
+                k.extend_from_slice(&ordered_time(t));
                 k.extend_from_slice(&row);
                 if n == 0 {
                     ctx.txn.delete(k);
@@ -336,20 +312,19 @@ impl Operator for Session {
         if self.freed(state, ctx)?.is_some_and(|f| f >= w) {
             return Ok(None);
         }
-        let mut prefix = state.to_vec();
-        prefix.push(ROWS);
+        let prefix = side_prefix(state, ROWS);
         let all = ctx.txn.scan_prefix(&prefix)?;
         // Entries come partition by partition, each in time order.
         let mut at = 0;
         while at < all.len() {
-            let (key, _) = super::recompute::split_entry(&all[at].0[prefix.len()..])?;
+            let (key, _) = split_entry(&all[at].0[prefix.len()..])?;
             let key = key.to_vec();
-            let part_prefix = Self::prefix(state, &key);
+            let part_prefix = partition_prefix(state, ROWS, &key);
             let mut rows: Rows = Vec::new();
             let mut entries = Vec::new();
             while at < all.len() && all[at].0.starts_with(&part_prefix) {
                 let (k, v) = &all[at];
-                let time = unordered(&k[part_prefix.len()..part_prefix.len() + 8])?;
+                let time = time_of(&k[part_prefix.len()..part_prefix.len() + 8])?;
                 rows.push((time, Vec::new(), count_of(v)?));
                 entries.push(k.clone());
                 at += 1;
@@ -360,7 +335,8 @@ impl Operator for Session {
                 }
             }
         }
-        ctx.txn.put(Self::meta_key(state), w.to_be_bytes().to_vec());
+        ctx.txn
+            .put(side_prefix(state, META), w.to_be_bytes().to_vec());
         Ok(None)
     }
 

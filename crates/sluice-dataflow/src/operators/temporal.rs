@@ -42,6 +42,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
 use super::recompute::micros_of;
+use super::state_keys::{ordered_time, partition_prefix, side_prefix, split_entry, time_of};
 use crate::late::LateRows;
 use crate::{OpContext, Operator};
 
@@ -150,18 +151,6 @@ fn max_of(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-/// `t` as bytes whose order is the order of times.
-fn ordered(t: i64) -> [u8; 8] {
-    ((t as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn unordered(bytes: &[u8]) -> Result<i64> {
-    let b: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| SluiceError::Storage("corrupt temporal join time".into()))?;
-    Ok((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
-}
-
 /// One version of a key: its time and row (`None`: deleted).
 struct Version {
     time: i64,
@@ -218,30 +207,20 @@ impl TemporalJoin {
         Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 
-    fn key_prefix(state: &[u8], side: u8, key: &[u8]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(state.len() + 5 + key.len());
-        p.extend_from_slice(state);
-        p.push(side);
-        p.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        p.extend_from_slice(key);
-        p
-    }
-
-    fn meta_key(state: &[u8]) -> Vec<u8> {
-        let mut k = state.to_vec();
-        k.push(META);
-        k
-    }
-
     fn load_meta(&self, state: &[u8], ctx: &OpContext<'_>) -> Result<Meta> {
-        match ctx.txn.multi_get(&[Self::meta_key(state)])?.pop().flatten() {
+        match ctx
+            .txn
+            .multi_get(&[side_prefix(state, META)])?
+            .pop()
+            .flatten()
+        {
             Some(bytes) => Meta::decode(&bytes),
             None => Ok(Meta::default()),
         }
     }
 
     fn save_meta(&self, state: &[u8], ctx: &mut OpContext<'_>, meta: &Meta) {
-        ctx.txn.put(Self::meta_key(state), meta.encode());
+        ctx.txn.put(side_prefix(state, META), meta.encode());
     }
 
     fn set_hold(&self, hold: Option<i64>) -> Result<()> {
@@ -262,10 +241,9 @@ impl TemporalJoin {
         if loaded {
             return Ok(());
         }
-        let mut prefix = state.to_vec();
-        prefix.push(WAITING);
+        let prefix = side_prefix(state, WAITING);
         let first = match ctx.txn.scan_prefix(&prefix)?.first() {
-            Some((k, _)) => Some(unordered(&k[prefix.len()..prefix.len() + 8])?),
+            Some((k, _)) => Some(time_of(&k[prefix.len()..prefix.len() + 8])?),
             None => None,
         };
         self.set_hold(first)
@@ -273,13 +251,13 @@ impl TemporalJoin {
 
     /// A key's versions, oldest first.
     fn versions(&self, state: &[u8], ctx: &OpContext<'_>, key: &[u8]) -> Result<Vec<Version>> {
-        let prefix = Self::key_prefix(state, VERSIONS, key);
+        let prefix = partition_prefix(state, VERSIONS, key);
         ctx.txn
             .scan_prefix(&prefix)?
             .into_iter()
             .map(|(k, v)| {
                 Ok(Version {
-                    time: unordered(&k[prefix.len()..])?,
+                    time: time_of(&k[prefix.len()..])?,
                     row: match v.split_first() {
                         Some((1, row)) => Some(row.to_vec()),
                         _ => None,
@@ -385,12 +363,11 @@ impl TemporalJoin {
         let Some(table_watermark) = meta.table_watermark else {
             return Ok(RecordBatch::new_empty(self.spec.schema.clone()));
         };
-        let mut prefix = state.to_vec();
-        prefix.push(WAITING);
+        let prefix = side_prefix(state, WAITING);
         let mut ready = Vec::new();
         let mut hold = None;
         for (k, row) in ctx.txn.scan_prefix(&prefix)? {
-            let t = unordered(&k[prefix.len()..prefix.len() + 8])?;
+            let t = time_of(&k[prefix.len()..prefix.len() + 8])?;
             if t >= table_watermark {
                 hold = Some(t);
                 break;
@@ -419,12 +396,9 @@ impl TemporalJoin {
             return Ok(());
         }
         meta.freed = Some(w);
-        let mut prefix = state.to_vec();
-        prefix.push(DIRTY);
+        let prefix = side_prefix(state, DIRTY);
         for (dirty, _) in ctx.txn.scan_prefix(&prefix)? {
-            let key = super::recompute::split_entry(&dirty[prefix.len()..])?
-                .0
-                .to_vec();
+            let key = split_entry(&dirty[prefix.len()..])?.0.to_vec();
             let mut versions = self.versions(state, ctx, &key)?;
             let at_or_before = versions.partition_point(|v| v.time <= w);
             if let Some(newest) = at_or_before.checked_sub(1) {
@@ -486,9 +460,8 @@ impl TemporalJoin {
             for (row, &i) in rows.iter().zip(&wait) {
                 let t = times[i as usize].unwrap_or(i64::MIN);
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
-                let mut k = state.to_vec();
-                k.push(WAITING);
-                k.extend_from_slice(&ordered(t));
+                let mut k = side_prefix(state, WAITING);
+                k.extend_from_slice(&ordered_time(t));
                 k.extend_from_slice(&meta.seq.to_be_bytes());
                 meta.seq += 1;
                 ctx.txn.put(k, row.as_ref().to_vec());
@@ -554,22 +527,22 @@ impl TemporalJoin {
             // A row without its event time cannot be placed in time.
             let Some(t) = times[i] else { continue };
             inserted.insert(key);
-            let mut k = Self::key_prefix(state, VERSIONS, key);
-            k.extend_from_slice(&ordered(t));
+            let mut k = partition_prefix(state, VERSIONS, key);
+            k.extend_from_slice(&ordered_time(t));
             let mut value = vec![1];
             value.extend_from_slice(rows.row(i).as_ref());
             ctx.txn.put(k, value);
-            ctx.txn.put(Self::key_prefix(state, DIRTY, key), Vec::new());
+            ctx.txn.put(partition_prefix(state, DIRTY, key), Vec::new());
         }
         if let Some(latest) = meta.latest {
             for key in deleted {
                 if inserted.contains(key) {
                     continue;
                 }
-                let mut k = Self::key_prefix(state, VERSIONS, key);
-                k.extend_from_slice(&ordered(latest));
+                let mut k = partition_prefix(state, VERSIONS, key);
+                k.extend_from_slice(&ordered_time(latest));
                 ctx.txn.put(k, vec![0]);
-                ctx.txn.put(Self::key_prefix(state, DIRTY, key), Vec::new());
+                ctx.txn.put(partition_prefix(state, DIRTY, key), Vec::new());
             }
         }
         let moved = table_watermark.is_some_and(|w| meta.table_watermark.is_none_or(|m| w > m));

@@ -1,0 +1,73 @@
+//! How operators lay out their state keys (after the operator's prefix):
+//! a side byte, then a length-prefixed key, then whatever the operator
+//! orders by. Shared by [`Recompute`](super::Recompute),
+//! [`TemporalJoin`](super::TemporalJoin) and [`Session`](super::Session).
+
+use sluice_common::{Result, SluiceError};
+
+/// `<state> <side>`: everything an operator keeps on one side.
+pub(crate) fn side_prefix(state: &[u8], side: u8) -> Vec<u8> {
+    let mut p = state.to_vec();
+    p.push(side);
+    p
+}
+
+/// `<state> <side> <key length u32> <key>`: one key's entries on a side.
+pub(crate) fn partition_prefix(state: &[u8], side: u8, key: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(state.len() + 5 + key.len());
+    p.extend_from_slice(state);
+    p.push(side);
+    p.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    p.extend_from_slice(key);
+    p
+}
+
+/// `<key length u32> <key> <rest>` (an entry after its side) as key and
+/// rest.
+pub(crate) fn split_entry(entry: &[u8]) -> Result<(&[u8], &[u8])> {
+    let corrupt = || SluiceError::Storage("corrupt operator state key".into());
+    let (len, rest) = entry.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(corrupt());
+    }
+    Ok(rest.split_at(len))
+}
+
+/// A stored multiplicity (or any i64).
+pub(crate) fn count_of(bytes: &[u8]) -> Result<i64> {
+    Ok(i64::from_be_bytes(bytes.try_into().map_err(|_| {
+        SluiceError::Storage("corrupt operator state multiplicity".into())
+    })?))
+}
+
+/// A time (microseconds) as bytes whose order is the order of times.
+pub(crate) fn ordered_time(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The time of [`ordered_time`] bytes (the first 8 of `bytes`).
+pub(crate) fn time_of(bytes: &[u8]) -> Result<i64> {
+    let b: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| SluiceError::Storage("corrupt operator state time".into()))?;
+    Ok((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_order_as_bytes() {
+        assert!(ordered_time(-5) < ordered_time(3));
+        assert!(ordered_time(i64::MIN) < ordered_time(0));
+        assert_eq!(time_of(&ordered_time(-42)).expect("time"), -42);
+        let p = partition_prefix(b"s", 1, b"key");
+        assert_eq!(
+            split_entry(&p[2..]).expect("entry"),
+            (&b"key"[..], &b""[..])
+        );
+    }
+}
