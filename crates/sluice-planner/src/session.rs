@@ -125,6 +125,7 @@ impl SessionShape<'_> {
                 Ok(match o {
                     Out::Column(c) => input.get(self.index(c)?).cloned().flatten(),
                     Out::Start => None,
+                    // Bounded like the event time, but not the event time.
                     Out::End => time.as_ref().map(|t| t.map(|e| e)),
                 })
             })
