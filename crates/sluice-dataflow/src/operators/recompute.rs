@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -292,16 +292,7 @@ impl Recompute {
 
     fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let codec = &self.inputs[input];
-        let Some(key_codec) = &codec.key_codec else {
-            return Ok(vec![Vec::new(); batch.num_rows()]);
-        };
-        let columns = codec
-            .keys
-            .iter()
-            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
-            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-        let rows = key_codec.convert_columns(&columns)?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+        super::state_keys::encode_keys(codec.key_codec.as_ref(), &codec.keys, batch)
     }
 
     fn partition_prefix(state: &[u8], side: u8, key: &[u8]) -> Vec<u8> {

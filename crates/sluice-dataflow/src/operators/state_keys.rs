@@ -3,7 +3,30 @@
 //! orders by. Shared by [`Recompute`](super::Recompute),
 //! [`TemporalJoin`](super::TemporalJoin) and [`Session`](super::Session).
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::row::RowConverter;
+use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{Result, SluiceError};
+
+/// Each row's key (`keys` evaluated on `batch`), `arrow-row` encoded; all
+/// empty when there is no key (`codec` is `None`).
+pub(crate) fn encode_keys(
+    codec: Option<&RowConverter>,
+    keys: &[Arc<dyn PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Vec<Vec<u8>>> {
+    let Some(codec) = codec else {
+        return Ok(vec![Vec::new(); batch.num_rows()]);
+    };
+    let columns = keys
+        .iter()
+        .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+    let rows = codec.convert_columns(&columns)?;
+    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
 
 /// `<state> <side>`: everything an operator keeps on one side.
 pub(crate) fn side_prefix(state: &[u8], side: u8) -> Vec<u8> {

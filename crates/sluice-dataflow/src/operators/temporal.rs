@@ -196,15 +196,7 @@ impl TemporalJoin {
     }
 
     fn keys_of(&self, keys: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let Some(codec) = &self.key_codec else {
-            return Ok(vec![Vec::new(); batch.num_rows()]);
-        };
-        let columns = keys
-            .iter()
-            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
-            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-        let rows = codec.convert_columns(&columns)?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+        super::state_keys::encode_keys(self.key_codec.as_ref(), keys, batch)
     }
 
     fn load_meta(&self, state: &[u8], ctx: &OpContext<'_>) -> Result<Meta> {
