@@ -297,6 +297,8 @@ pub struct Catalog {
     store: Arc<dyn StateBackend>,
     inner: RwLock<Inner>,
     listener: RwLock<Option<Arc<dyn ChangeListener>>>,
+    /// Regenerates the events of streams whose source generates them.
+    replay: RwLock<Option<Arc<dyn crate::ingest::Replay>>>,
     /// Serializes writers (DDL and DML), so a read-modify-write such as
     /// UPDATE sees no concurrent change.
     writer: Mutex<()>,
@@ -369,6 +371,7 @@ impl Catalog {
             store,
             inner: RwLock::new(inner),
             listener: RwLock::new(None),
+            replay: RwLock::new(None),
             writer: Mutex::new(()),
             commits: tokio::sync::RwLock::new(()),
             next_change_seq: AtomicU64::new(next_change_seq),
@@ -451,6 +454,23 @@ impl Catalog {
             .write()
             .map_err(|_| SluiceError::internal("catalog lock poisoned"))? = listener;
         Ok(())
+    }
+
+    /// Sets what regenerates the events of generated streams.
+    pub fn set_replay(&self, replay: Arc<dyn crate::ingest::Replay>) -> Result<()> {
+        *self
+            .replay
+            .write()
+            .map_err(|_| SluiceError::internal("catalog lock poisoned"))? = Some(replay);
+        Ok(())
+    }
+
+    pub(crate) fn replay(&self) -> Result<Option<Arc<dyn crate::ingest::Replay>>> {
+        Ok(self
+            .replay
+            .read()
+            .map_err(|_| SluiceError::internal("catalog lock poisoned"))?
+            .clone())
     }
 
     /// Looks up a relation by id.

@@ -40,6 +40,9 @@ pub struct LoggedChange {
     pub source: u64,
     /// The change.
     pub changes: ChangeBatch,
+    /// Writes for the checkpoint that covers this change: the position of
+    /// a source whose events are generated, not logged (`Catalog::ingest_generated`).
+    pub checkpoint: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Receives every committed change to a relation that a view reads.
@@ -138,6 +141,7 @@ impl Catalog {
                 seq,
                 source: source.entry().id,
                 changes,
+                checkpoint: Vec::new(),
             })
             .await
     }
@@ -156,6 +160,7 @@ impl Catalog {
                 seq,
                 source,
                 changes,
+                checkpoint: Vec::new(),
             });
         }
         Ok(out)

@@ -12,6 +12,21 @@ use sluice_common::{ChangeBatch, Result, SluiceError};
 use sluice_state::StateTxn;
 
 use crate::catalog::{key, Catalog, Relation};
+use crate::changes::RowSource;
+use crate::LoggedChange;
+
+/// Regenerates the events of a stream whose source generates them (the
+/// `nexmark` connector): such a stream keeps no log, only its source's
+/// position, and its past is generated again when a new view back-fills.
+pub trait Replay: Send + Sync {
+    /// The events of `stream` before `position` (partition -> next
+    /// offset), or `None` when its source does not generate its events.
+    fn replay(
+        &self,
+        stream: &Relation,
+        position: &BTreeMap<i32, i64>,
+    ) -> Option<Result<RecordBatch>>;
+}
 
 /// Key prefix of source positions.
 pub(crate) const POSITION_PREFIX: u8 = 0x06;
@@ -101,11 +116,79 @@ impl Catalog {
         self.commit_changes(txn, relation, changes).await
     }
 
+    /// Hands events a source generated to the views, without writing them:
+    /// the source's new position (`partition` -> `next`) is stored by the
+    /// checkpoint that covers them, and after a crash the source generates
+    /// again from there. Returns false, handing nothing, when no view reads
+    /// `stream` (the source waits for one).
+    pub async fn ingest_generated(
+        &self,
+        stream: &Arc<Relation>,
+        batch: RecordBatch,
+        partition: i32,
+        next: i64,
+    ) -> Result<bool> {
+        let _writer = self.lock_writes().await;
+        match self.get_by_id(stream.entry().id)? {
+            Some(r) if Arc::ptr_eq(&r, stream) => {}
+            _ => {
+                return Err(SluiceError::UndefinedObject {
+                    kind: stream.kind().into(),
+                    name: stream.name().to_owned(),
+                })
+            }
+        }
+        let Some(listener) = self.listener()?.filter(|l| l.follows(stream.entry().id)) else {
+            return Ok(false);
+        };
+        if batch.num_rows() == 0 {
+            return Ok(true);
+        }
+        listener
+            .on_committed(LoggedChange {
+                seq: self.next_change_seq(),
+                source: stream.entry().id,
+                changes: ChangeBatch::inserts(batch),
+                checkpoint: vec![(
+                    position_key(stream.entry().id, partition),
+                    next.to_be_bytes().to_vec(),
+                )],
+            })
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether some view reads relation `id`.
+    pub fn is_followed(&self, id: u64) -> bool {
+        self.listener()
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.follows(id))
+    }
+
+    /// What a new view back-fills from: [`Relation::read_contents`], except
+    /// that a generated stream's events are generated again.
+    pub fn contents(&self, relation: &Relation, src: &dyn RowSource) -> Result<RecordBatch> {
+        if relation.kind() == sluice_sql::RelationKind::Stream {
+            if let Some(replay) = self.replay()? {
+                let position = self.position_in(relation.entry().id, src)?;
+                if let Some(events) = replay.replay(relation, &position) {
+                    return events;
+                }
+            }
+        }
+        relation.read_contents(src)
+    }
+
     /// A source's stored position: partition -> next offset to read.
     pub fn source_position(&self, relation: u64) -> Result<BTreeMap<i32, i64>> {
+        self.position_in(relation, self.store())
+    }
+
+    fn position_in(&self, relation: u64, src: &dyn RowSource) -> Result<BTreeMap<i32, i64>> {
         let prefix = key(POSITION_PREFIX, relation);
         let mut out = BTreeMap::new();
-        for (k, v) in self.store().scan_prefix(&prefix)? {
+        for (k, v) in src.scan(&prefix)? {
             let corrupt = || SluiceError::Storage("corrupt source position".to_owned());
             let partition = k
                 .get(prefix.len()..)

@@ -21,7 +21,7 @@ pub use catalog::{Catalog, Created, Relation};
 pub use changelog::{changelog_key, failure_key, ChangeListener, LoggedChange};
 pub use changes::{state_prefix, RowSource};
 pub use entry::{Column, RelationEntry, Watermark};
-pub use ingest::Ingest;
+pub use ingest::{Ingest, Replay};
 pub use provider::{RelationTable, SluiceSchema};
 pub use rows::RowCodec;
 pub use system::{SystemRows, SystemTable};

@@ -19,18 +19,32 @@ struct ConnectorSpec {
 }
 
 /// The connectors that exist.
-const CONNECTORS: &[ConnectorSpec] = &[ConnectorSpec {
-    name: "kafka",
-    options: &[
-        "topic",
-        "bootstrap_servers",
-        "format",
-        "scan_startup",
-        "on_error",
-        "dead_letter_topic",
-    ],
-    prefixes: &["properties."],
-}];
+const CONNECTORS: &[ConnectorSpec] = &[
+    ConnectorSpec {
+        name: "kafka",
+        options: &[
+            "topic",
+            "bootstrap_servers",
+            "format",
+            "scan_startup",
+            "on_error",
+            "dead_letter_topic",
+        ],
+        prefixes: &["properties."],
+    },
+    ConnectorSpec {
+        name: "nexmark",
+        options: &[
+            "kind",
+            "events",
+            "event_rate",
+            "base_time",
+            "batch_size",
+            "parallelism",
+        ],
+        prefixes: &[],
+    },
+];
 
 /// Options any stream or table takes, with or without a connector.
 const TIME_OPTIONS: &[&str] = &["idle_timeout"];

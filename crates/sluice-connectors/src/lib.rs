@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod kafka;
+pub mod nexmark;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -16,10 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use sluice_catalog::{Catalog, Relation};
 use sluice_common::{Result, SluiceError};
-use sluice_sql::RelationKind;
+use sluice_sql::{CreateRelation, RelationKind};
 use tokio::task::JoinHandle;
 
 pub use kafka::options::{KafkaSink, KafkaSource};
+pub use nexmark::NexmarkSource;
 pub use status::{sinks_table, sources_table, SourceStatus, StatusList};
 
 /// Starts a sink's task on its inbox (what `Dataflow::load` and
@@ -46,12 +48,13 @@ fn poisoned() -> SluiceError {
 
 impl Sources {
     /// No sources yet.
-    pub fn new(catalog: Arc<Catalog>) -> Arc<Self> {
-        Arc::new(Sources {
+    pub fn new(catalog: Arc<Catalog>) -> Result<Arc<Self>> {
+        catalog.set_replay(Arc::new(nexmark::NexmarkReplay))?;
+        Ok(Arc::new(Sources {
             catalog,
             running: Mutex::new(BTreeMap::new()),
             sinks: Mutex::new(BTreeMap::new()),
-        })
+        }))
     }
 
     /// The task of sink `name` with these options, keyed by the columns at
@@ -82,9 +85,11 @@ impl Sources {
 
     /// Checks the connector options of a stream or table about to be
     /// created (before anything is stored).
-    pub fn check(kind: RelationKind, name: &str, options: &BTreeMap<String, String>) -> Result<()> {
+    pub fn check(create: &CreateRelation, options: &BTreeMap<String, String>) -> Result<()> {
+        let (kind, name) = (create.kind, create.name.as_str());
         match options.get("connector").map(String::as_str) {
             Some("kafka") => KafkaSource::parse(kind, name, options).map(|_| ()),
+            Some("nexmark") => NexmarkSource::parse(kind, name, options)?.check_columns(create),
             _ => Ok(()),
         }
     }
@@ -92,17 +97,32 @@ impl Sources {
     /// Starts reading into `relation` if it has a connector.
     pub fn start(&self, relation: Arc<Relation>) -> Result<()> {
         let options = &relation.entry().options;
-        if options.get("connector").map(String::as_str) != Some("kafka") {
-            return Ok(());
-        }
-        let parsed = KafkaSource::parse(relation.kind(), relation.name(), options)?;
-        let status = Arc::new(SourceStatus::new(relation.name(), &parsed.topic));
-        let task = tokio::spawn(kafka::source::run(
-            self.catalog.clone(),
-            relation.clone(),
-            parsed,
-            status.clone(),
-        ));
+        let (status, task) = match options.get("connector").map(String::as_str) {
+            Some("kafka") => {
+                let parsed = KafkaSource::parse(relation.kind(), relation.name(), options)?;
+                let status = Arc::new(SourceStatus::new(relation.name(), &parsed.topic));
+                let task = tokio::spawn(kafka::source::run(
+                    self.catalog.clone(),
+                    relation.clone(),
+                    parsed,
+                    status.clone(),
+                ));
+                (status, task)
+            }
+            Some("nexmark") => {
+                let parsed = NexmarkSource::parse(relation.kind(), relation.name(), options)?;
+                let topic = format!("nexmark {}", parsed.kind.name());
+                let status = Arc::new(SourceStatus::new(relation.name(), &topic));
+                let task = tokio::spawn(nexmark::run(
+                    self.catalog.clone(),
+                    relation.clone(),
+                    parsed,
+                    status.clone(),
+                ));
+                (status, task)
+            }
+            _ => return Ok(()),
+        };
         if let Some((_, old)) = self
             .running
             .lock()

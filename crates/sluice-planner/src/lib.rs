@@ -541,7 +541,7 @@ impl Dataflow {
         inputs.sort_by_key(|r| r.kind() == RelationKind::Stream);
         for input in inputs {
             let source = input.entry().id;
-            let contents = input.read_contents(&txn)?;
+            let contents = self.catalog.contents(&input, &txn)?;
             if contents.num_rows() == 0 {
                 continue;
             }

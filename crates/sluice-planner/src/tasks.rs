@@ -107,6 +107,8 @@ pub(crate) struct Begin {
     epoch: u64,
     expected: usize,
     seqs: Vec<u64>,
+    /// Writes the covered changes asked for (generated sources' positions).
+    writes: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 pub(crate) struct Router {
@@ -120,6 +122,7 @@ impl Router {
     pub async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let mut next_epoch = *self.committed.borrow() + 1;
         let mut seqs: Vec<u64> = Vec::new();
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut watermarks: HashMap<u64, i64> = HashMap::new();
         // For idle_timeout: when each stream last had events, and its
         // watermark then.
@@ -156,19 +159,20 @@ impl Router {
                                 arrivals.insert(change.source, (tokio::time::Instant::now(), *w));
                             }
                             seqs.push(change.seq);
+                            writes.extend(change.checkpoint);
                         }
                         Command::Checkpoint(reply) => {
-                            let epoch = self.barrier(&mut next_epoch, &mut seqs).await;
+                            let epoch = self.barrier(&mut next_epoch, &mut seqs, &mut writes).await;
                             let _ = reply.send(epoch);
                         }
                         Command::Pause { paused, resume } => {
-                            let epoch = self.barrier(&mut next_epoch, &mut seqs).await;
+                            let epoch = self.barrier(&mut next_epoch, &mut seqs, &mut writes).await;
                             self.wait_for(epoch).await;
                             let _ = paused.send(());
                             let _ = resume.await;
                         }
                         Command::Stop(done) => {
-                            let epoch = self.barrier(&mut next_epoch, &mut seqs).await;
+                            let epoch = self.barrier(&mut next_epoch, &mut seqs, &mut writes).await;
                             self.wait_for(epoch).await;
                             let _ = done.send(());
                             break;
@@ -178,7 +182,7 @@ impl Router {
                 _ = ticker.tick() => {
                     let idle = self.advance_idle(&arrivals, &mut watermarks).await;
                     if !seqs.is_empty() || idle {
-                        self.barrier(&mut next_epoch, &mut seqs).await;
+                        self.barrier(&mut next_epoch, &mut seqs, &mut writes).await;
                     }
                 }
             }
@@ -238,7 +242,12 @@ impl Router {
     }
 
     /// Starts checkpoint epoch `next_epoch` at every source.
-    async fn barrier(&self, next_epoch: &mut u64, seqs: &mut Vec<u64>) -> u64 {
+    async fn barrier(
+        &self,
+        next_epoch: &mut u64,
+        seqs: &mut Vec<u64>,
+        writes: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> u64 {
         let epoch = *next_epoch;
         *next_epoch += 1;
         let (expected, outlets) = match self.registry.read() {
@@ -249,6 +258,7 @@ impl Router {
             epoch,
             expected,
             seqs: std::mem::take(seqs),
+            writes: std::mem::take(writes),
         });
         for outlet in outlets {
             outlet.send(Message::Barrier(epoch)).await;
@@ -310,6 +320,7 @@ struct Pending {
     reported: usize,
     writes: WriteBatch,
     seqs: Vec<u64>,
+    begin_writes: Vec<(Vec<u8>, Vec<u8>)>,
     failures: Vec<(u64, SluiceError)>,
 }
 
@@ -332,6 +343,7 @@ impl Coordinator {
                     let p = pending.entry(begin.epoch).or_default();
                     p.expected = Some(begin.expected);
                     p.seqs = begin.seqs;
+                    p.begin_writes = begin.writes;
                 }
                 report = reports.recv() => {
                     let Some(report) = report else { break };
@@ -359,6 +371,9 @@ impl Coordinator {
         let mut batch = p.writes;
         for seq in &p.seqs {
             batch.delete(changelog_key(*seq));
+        }
+        for (k, v) in p.begin_writes {
+            batch.put(k, v);
         }
         let mut failed: Vec<(Arc<Relation>, String)> = Vec::new();
         for (view, error) in &p.failures {

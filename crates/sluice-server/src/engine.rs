@@ -100,7 +100,7 @@ impl Engine {
         let ctx = SessionContext::new_with_config(config);
         let provider = MemoryCatalogProvider::new();
         let schema = Arc::new(SluiceSchema::new(catalog.clone()));
-        let sources = Sources::new(catalog.clone());
+        let sources = Sources::new(catalog.clone())?;
         schema.register_system_table("sluice_sources", Arc::new(sources_table(sources.clone())));
         schema.register_system_table("sluice_sinks", Arc::new(sinks_table(sources.clone())));
         provider.register_schema("public", schema.clone())?;

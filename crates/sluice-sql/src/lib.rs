@@ -14,4 +14,4 @@ pub use ast::{
 };
 pub use parser::{normalize_ident, object_name, parse, parse_view_query};
 pub use temporal::as_of_column;
-pub use types::SqlType;
+pub use types::{pg_type_name, SqlType};

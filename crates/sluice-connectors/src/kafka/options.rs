@@ -108,7 +108,7 @@ fn common(options: &BTreeMap<String, String>, what: &str) -> Result<Common> {
 
 /// Parses a timestamp option: milliseconds since the epoch, or a
 /// `YYYY-MM-DD HH:MM:SS[.fff]` / RFC 3339 time (UTC).
-fn parse_time(text: &str) -> Option<i64> {
+pub(crate) fn parse_time(text: &str) -> Option<i64> {
     if let Ok(ms) = text.parse::<i64>() {
         return Some(ms);
     }

@@ -12,7 +12,7 @@ use crate::engine::{Engine, Output};
 pub async fn execute(engine: &Engine, create: &CreateRelation) -> Result<Output> {
     let options: BTreeMap<String, String> =
         sluice_catalog::validate_options(create.kind, &create.name, &create.options)?;
-    Sources::check(create.kind, &create.name, &options)?;
+    Sources::check(create, &options)?;
     if engine.catalog().create(create).await? == sluice_catalog::Created::New {
         let relation = engine
             .catalog()
