@@ -294,7 +294,22 @@ impl<'a> Builder<'a> {
                 let mut interval = None;
                 let partitioning =
                     match (left_stream, right_stream, j.join_type) {
+                        // Two streams with a condition on their times: an
+                        // interval (or window) join, which must bound both;
+                        // without one, a regular join keeping both sides.
                         (true, true, _) => {
+                            if j.filter.is_some() {
+                                interval = Some(self.interval_join(j)?);
+                            }
+                            Partitioning::JoinKeys
+                        }
+                        // A stream and a view bounded by the same event times
+                        // (q7: the bids of a window with the window's
+                        // maximum): a regular join whose state the watermark
+                        // frees, so later changes of the view revise it.
+                        (true, false, _) | (false, true, _)
+                            if j.filter.is_some() && self.time_bounded(j) =>
+                        {
                             interval = Some(self.interval_join(j)?);
                             Partitioning::JoinKeys
                         }
@@ -429,6 +444,12 @@ impl<'a> Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Whether `j`'s condition bounds both sides by event time (see
+    /// [`Self::interval_join`]).
+    fn time_bounded(&self, j: &datafusion::logical_expr::Join) -> bool {
+        self.interval_join(j).is_ok()
+    }
+
     /// The state expiries of a join of two streams, which must be an
     /// interval join: time conditions that bound each side's rows by the
     /// other's watermark.
