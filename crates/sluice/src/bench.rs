@@ -43,7 +43,7 @@ pub struct Report {
 }
 
 /// CPU seconds (user + system) this process used so far.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };
@@ -62,7 +62,7 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -109,7 +109,7 @@ pub enum Source {
     Kafka,
 }
 
-async fn run_sql(engine: &Engine, sql: &str) -> anyhow::Result<sluice_server::Output> {
+pub(crate) async fn run_sql(engine: &Engine, sql: &str) -> anyhow::Result<sluice_server::Output> {
     let mut last = None;
     for statement in sluice_sql::parse(sql)? {
         last = Some(

@@ -5,6 +5,7 @@
 //! earlier ones. See `docs/config.md`.
 
 mod bench;
+mod nexmark;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,33 @@ enum BenchCommand {
         /// Also write the report to this file.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// The Nexmark queries (benchmarks/nexmark/) over the in-process
+    /// generator, each in a fresh process, next to the same query as a
+    /// DataFusion batch; prints a table and writes the reports as JSON.
+    Nexmark {
+        /// Queries to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "q0,q1,q2,q3,q4,q5,q7,q8")]
+        queries: Vec<String>,
+        /// Events of all kinds (92% bids, 6% auctions, 2% persons).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Events per second of event time (fixes how many windows a run covers).
+        #[arg(long, default_value_t = 10_000_000)]
+        event_rate: u64,
+        /// Generator tasks per stream.
+        #[arg(long, default_value_t = 1)]
+        parallelism: usize,
+        /// Compare each view with the batch result and fail on any difference.
+        #[arg(long)]
+        check: bool,
+        /// Where to write the JSON reports [default: benchmarks/results/nexmark-EVENTS.json].
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Run this one query in this process and print its report as JSON
+        /// (what each child process does).
+        #[arg(long, hide = true)]
+        one: Option<String>,
     },
 }
 
@@ -168,6 +196,54 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench {
             which:
+                BenchCommand::Nexmark {
+                    queries,
+                    events,
+                    event_rate,
+                    parallelism,
+                    check,
+                    output,
+                    one,
+                },
+        } => {
+            bench_logs();
+            let settings = nexmark::Settings {
+                events: events.max(1),
+                event_rate: event_rate.max(1),
+                parallelism: parallelism.clamp(1, 64),
+                check,
+            };
+            if let Some(query) = one {
+                let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+                let report = runtime.block_on(nexmark::run_query(&query, &settings))?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                return Ok(());
+            }
+            let reports = nexmark::run_all(&queries, &settings)?;
+            let path = output.unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "benchmarks/results/nexmark-{}.json",
+                    settings.events
+                ))
+            });
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", nexmark::table(&reports));
+                println!("written to {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which:
                 BenchCommand::Views {
                     events,
                     batch,
@@ -176,13 +252,7 @@ fn main() -> anyhow::Result<()> {
                     output,
                 },
         } => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-                )
-                .init();
+            bench_logs();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             let report =
                 runtime.block_on(bench::run(events, batch.max(1), customers.max(1), source))?;
@@ -198,6 +268,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Benchmarks log warnings (or `SLUICE_LOG`) to stderr.
+fn bench_logs() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
