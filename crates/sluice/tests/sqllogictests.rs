@@ -19,7 +19,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, differential, drivers, kafka, slt};
+use harness::{crash, differential, drivers, kafka, nexmark, slt};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 8] = [
+        let scenarios: [(&str, Scenario); 9] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -118,6 +118,9 @@ fn main() {
             }),
             ("kafka: scan_startup, csv, metadata columns", || {
                 Box::pin(kafka::startup_csv_and_metadata())
+            }),
+            ("nexmark: every query equals batch", || {
+                Box::pin(nexmark::every_query_equals_batch())
             }),
         ];
         for (name, scenario) in scenarios {

@@ -5,6 +5,7 @@ pub mod crash;
 pub mod differential;
 pub mod drivers;
 pub mod kafka;
+pub mod nexmark;
 pub mod server;
 pub mod slt;
 pub mod values;
