@@ -294,12 +294,16 @@ impl<'a> Builder<'a> {
                 let mut interval = None;
                 let partitioning =
                     match (left_stream, right_stream, j.join_type) {
-                        // Two streams with a condition on their times: an
-                        // interval (or window) join, which must bound both;
-                        // without one, a regular join keeping both sides.
+                        // Two streams: an interval (or window) join when the
+                        // condition bounds both by event time; with no
+                        // condition beyond equal keys, a regular join keeping
+                        // both sides; a time condition that bounds only one
+                        // side is refused.
                         (true, true, _) => {
-                            if j.filter.is_some() {
-                                interval = Some(self.interval_join(j)?);
+                            match self.interval_join(j) {
+                                Ok(expiries) => interval = Some(expiries),
+                                Err(e) if j.filter.is_some() => return Err(e),
+                                Err(_) => {}
                             }
                             Partitioning::JoinKeys
                         }

@@ -21,12 +21,18 @@ pub async fn every_query_equals_batch() -> anyhow::Result<()> {
             .status()
             .await
             .context("cannot run sluice bench nexmark")?;
-        ensure!(status.success(), "sluice bench nexmark --check failed: {status}");
+        ensure!(
+            status.success(),
+            "sluice bench nexmark --check failed: {status}"
+        );
         let reports: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
         let reports = reports.as_array().context("reports")?;
         ensure!(reports.len() == 8, "8 queries, got {}", reports.len());
         for r in reports {
-            ensure!(r["checked"] == serde_json::Value::Bool(true), "not checked: {r}");
+            ensure!(
+                r["checked"] == serde_json::Value::Bool(true),
+                "not checked: {r}"
+            );
             ensure!(r["events"] == events, "{r}");
         }
         // q0 passes every bid through: 46 of every 50 events.
