@@ -199,10 +199,11 @@ impl Timing {
     }
 }
 
+/// The id (base 0) of the newest person at `event`: one person per cycle of
+/// 50 events (the crate's formula, with its offset always 0 for one person
+/// per cycle).
 fn person_last_id(event: u64) -> u64 {
-    let epoch = event / PROPORTION_DENOMINATOR;
-    let offset = (event % PROPORTION_DENOMINATOR).min(PERSON_PROPORTION - 1);
-    epoch * PERSON_PROPORTION + offset
+    event / PROPORTION_DENOMINATOR * PERSON_PROPORTION
 }
 
 fn person_next_id(event: u64, rng: &mut SmallRng) -> u64 {
