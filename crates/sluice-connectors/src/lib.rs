@@ -113,6 +113,8 @@ impl Sources {
                 let parsed = NexmarkSource::parse(relation.kind(), relation.name(), options)?;
                 let topic = format!("nexmark {}", parsed.kind.name());
                 let status = Arc::new(SourceStatus::new(relation.name(), &topic));
+                // Said before the task runs, so that it holds from CREATE on.
+                status.set_state("waiting for a view".to_owned());
                 let task = tokio::spawn(nexmark::run(
                     self.catalog.clone(),
                     relation.clone(),
