@@ -291,19 +291,21 @@ impl<'a> Builder<'a> {
                 }
                 let left_stream = self.append_only(&j.left);
                 let right_stream = self.append_only(&j.right);
+                // An interval (or window) join when the condition bounds
+                // both sides by event time.
+                let mut bounded = (left_stream || right_stream).then(|| self.interval_join(j));
                 let mut interval = None;
                 let partitioning =
                     match (left_stream, right_stream, j.join_type) {
-                        // Two streams: an interval (or window) join when the
-                        // condition bounds both by event time; with no
+                        // Two streams: an interval join when bounded; with no
                         // condition beyond equal keys, a regular join keeping
                         // both sides; a time condition that bounds only one
                         // side is refused.
                         (true, true, _) => {
-                            match self.interval_join(j) {
-                                Ok(expiries) => interval = Some(expiries),
-                                Err(e) if j.filter.is_some() => return Err(e),
-                                Err(_) => {}
+                            match bounded.take() {
+                                Some(Ok(expiries)) => interval = Some(expiries),
+                                Some(Err(e)) if j.filter.is_some() => return Err(e),
+                                _ => {}
                             }
                             Partitioning::JoinKeys
                         }
@@ -312,9 +314,9 @@ impl<'a> Builder<'a> {
                         // maximum): a regular join whose state the watermark
                         // frees, so later changes of the view revise it.
                         (true, false, _) | (false, true, _)
-                            if j.filter.is_some() && self.time_bounded(j) =>
+                            if j.filter.is_some() && matches!(bounded, Some(Ok(_))) =>
                         {
-                            interval = Some(self.interval_join(j)?);
+                            interval = bounded.take().and_then(Result::ok);
                             Partitioning::JoinKeys
                         }
                         (true, false, JoinType::Inner | JoinType::Left) => {
@@ -448,12 +450,6 @@ impl<'a> Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// Whether `j`'s condition bounds both sides by event time (see
-    /// [`Self::interval_join`]).
-    fn time_bounded(&self, j: &datafusion::logical_expr::Join) -> bool {
-        self.interval_join(j).is_ok()
-    }
-
     /// The state expiries of a join of two streams, which must be an
     /// interval join: time conditions that bound each side's rows by the
     /// other's watermark.

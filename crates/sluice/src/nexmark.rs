@@ -271,7 +271,7 @@ pub async fn run_query(name: &str, s: &Settings) -> anyhow::Result<QueryReport> 
         let mut at = 0;
         while at < total {
             let n = (total - at).min(65_536);
-            batches.push(generator.batch(at, 1, n as usize));
+            batches.push(generator.batch(at, 1, n as usize)?);
             at += n;
         }
         let partitions = batches.len().max(1);
@@ -291,8 +291,17 @@ pub async fn run_query(name: &str, s: &Settings) -> anyhow::Result<QueryReport> 
     let checked = if s.check {
         let (got, want) = (canonical(&view)?, canonical(&expected)?);
         if got != want {
-            let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-            let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+            // Both are sorted.
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|r| got.binary_search(r).is_err())
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|r| want.binary_search(r).is_err())
+                .take(5)
+                .collect();
             anyhow::bail!(
                 "{name}: the view ({} rows) differs from the batch query ({} rows); \
                  missing from the view, e.g. {missing:?}; not in the batch result, e.g. {extra:?}",

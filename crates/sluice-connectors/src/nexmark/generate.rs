@@ -18,6 +18,7 @@ use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -483,7 +484,7 @@ impl Generator {
 
     /// This kind's events `first`, `first + step`, ... (`count` of them),
     /// by their index among the events of the kind.
-    pub fn batch(&self, first: u64, step: u64, count: usize) -> RecordBatch {
+    pub fn batch(&self, first: u64, step: u64, count: usize) -> Result<RecordBatch, ArrowError> {
         let mut c = Columns::new(self.kind, &self.wanted, count);
         for k in 0..count as u64 {
             let n = self.kind.event_number(first + k * step);
@@ -496,9 +497,7 @@ impl Generator {
         let columns = c.finish(&self.wanted);
         let options =
             datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(count));
-        // The columns match the schema by construction.
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
-            .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()))
     }
 
     fn person(&self, n: u64, c: &mut Columns) {

@@ -280,17 +280,21 @@ async fn run_split(
     let end = options.split_len(split);
     let step = options.parallelism as u64;
     let id = relation.entry().id;
+    let mut running = false;
     while end.is_none_or(|end| done < end) {
         if !catalog.is_followed(id) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        status.set_state("running".to_owned());
+        if !running {
+            status.set_state("running".to_owned());
+            running = true;
+        }
         let n = end.map_or(options.batch_size as u64, |end| {
             (end - done).min(options.batch_size as u64)
         });
         let batch = conform(
-            &generator.batch(split as u64 + done * step, step, n as usize),
+            &generator.batch(split as u64 + done * step, step, n as usize)?,
             &schema,
         )?;
         let bytes = batch.get_array_memory_size() as u64;
@@ -335,7 +339,10 @@ impl Replay for NexmarkReplay {
                 while at < done {
                     let n = (done - at).min(source.batch_size as u64);
                     let first = u64::try_from(*split).unwrap_or(0) + at * step;
-                    batches.push(conform(&generator.batch(first, step, n as usize), &schema)?);
+                    batches.push(conform(
+                        &generator.batch(first, step, n as usize)?,
+                        &schema,
+                    )?);
                     at += n;
                 }
             }

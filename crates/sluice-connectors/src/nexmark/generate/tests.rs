@@ -96,12 +96,18 @@ fn the_events_are_the_nexmark_crates() {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         for rate in [10_000, 10_000_000] {
             let g = Generator::new(kind, Timing::new(rate, DEFAULT_BASE_TIME_MS), &names);
-            same(&g.batch(0, 1, 3000), &crate_events(kind, rate, 0, 1, 3000));
+            same(
+                &g.batch(0, 1, 3000).expect("batch"),
+                &crate_events(kind, rate, 0, 1, 3000),
+            );
             // A split: every third event from the second.
-            same(&g.batch(1, 3, 500), &crate_events(kind, rate, 1, 3, 500));
+            same(
+                &g.batch(1, 3, 500).expect("batch"),
+                &crate_events(kind, rate, 1, 3, 500),
+            );
             // Far on, where f32 times lose precision.
             same(
-                &g.batch(9_000_000, 7, 200),
+                &g.batch(9_000_000, 7, 200).expect("batch"),
                 &crate_events(kind, rate, 9_000_000, 7, 200),
             );
         }
@@ -115,7 +121,7 @@ fn the_first_person_is_the_crates_example() {
         Timing::new(10_000, DEFAULT_BASE_TIME_MS),
         &["id", "name", "city", "date_time"],
     );
-    let b = g.batch(0, 1, 1);
+    let b = g.batch(0, 1, 1).expect("batch");
     assert_eq!(b.num_columns(), 4);
     assert_eq!(int(&b, "id", 0), 1000);
     assert_eq!(text(&b, "name", 0), "vicky noris");
@@ -130,7 +136,7 @@ fn some_columns_only_and_no_rows() {
         Timing::new(1000, DEFAULT_BASE_TIME_MS),
         &["price", "auction"],
     );
-    let b = g.batch(5, 1, 10);
+    let b = g.batch(5, 1, 10).expect("batch");
     assert_eq!(b.schema().field(0).name(), "auction");
     assert_eq!(b.schema().field(1).name(), "price");
     let full = Generator::new(
@@ -146,12 +152,13 @@ fn some_columns_only_and_no_rows() {
             "extra",
         ],
     )
-    .batch(5, 1, 10);
+    .batch(5, 1, 10)
+    .expect("batch");
     for r in 0..10 {
         assert_eq!(int(&b, "price", r), int(&full, "price", r));
         assert_eq!(int(&b, "auction", r), int(&full, "auction", r));
     }
-    let empty = g.batch(0, 1, 0);
+    let empty = g.batch(0, 1, 0).expect("batch");
     assert_eq!((empty.num_rows(), empty.num_columns()), (0, 2));
     assert!(empty.column(0).is_empty());
 }
