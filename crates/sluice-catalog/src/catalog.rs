@@ -342,11 +342,17 @@ impl Catalog {
         for (_, json) in store.scan_prefix(&[ENTRY_PREFIX])? {
             let entry: RelationEntry = serde_json::from_slice(&json)
                 .map_err(|e| SluiceError::Storage(format!("corrupt catalog entry: {e}")))?;
-            let next_seq = match store.last_with_prefix(&key(LOG_PREFIX, entry.id))? {
+            // A stream's log and an appended view's rows are numbered batches.
+            let numbered = if entry.appended {
+                VIEW_ROWS_PREFIX
+            } else {
+                LOG_PREFIX
+            };
+            let next_seq = match store.last_with_prefix(&key(numbered, entry.id))? {
                 Some((k, _)) => {
                     let seq: [u8; 8] = k[9..]
                         .try_into()
-                        .map_err(|_| SluiceError::Storage("corrupt stream log key".to_owned()))?;
+                        .map_err(|_| SluiceError::Storage("corrupt batch number".to_owned()))?;
                     u64::from_be_bytes(seq) + 1
                 }
                 None => 0,
@@ -496,10 +502,12 @@ impl Catalog {
         query: &str,
         schema: &Schema,
         depends_on: Vec<String>,
+        appended: bool,
     ) -> Result<Arc<Relation>> {
         let inner = self.read()?;
         name_is_free(&inner, name)?;
-        let entry = RelationEntry::new_view(inner.next_id, name, query, schema, depends_on)?;
+        let entry =
+            RelationEntry::new_view(inner.next_id, name, query, schema, depends_on, appended)?;
         Ok(Arc::new(Relation::try_new(entry, 0)?))
     }
 

@@ -71,7 +71,7 @@ async fn dropping_a_view_removes_its_rows_and_operator_state() {
         .expect("create");
     let t = catalog.require("t", ObjectKind::Table).expect("t");
     let view = catalog
-        .new_view("v", "SELECT * FROM t", &t.schema(), vec!["t".into()])
+        .new_view("v", "SELECT * FROM t", &t.schema(), vec!["t".into()], false)
         .expect("view");
     let mut txn = StateTxn::new(store.clone());
     let rows = ChangeBatch::inserts(batch(&t, vec![1, 1], vec!["a", "a"]));
@@ -155,4 +155,38 @@ async fn streams_append_and_drop_forgets_rows() {
         catalog.drop_relations(&d).await.unwrap_err().to_string(),
         "stream \"s\" does not exist"
     );
+}
+
+#[tokio::test]
+async fn an_appended_view_keeps_its_batches_across_a_reopen_and_refuses_retractions() {
+    let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+    let catalog = Catalog::open(store.clone()).expect("catalog");
+    catalog
+        .create(&create("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT)"))
+        .await
+        .expect("create");
+    let t = catalog.require("t", ObjectKind::Table).expect("t");
+    let view = catalog
+        .new_view("v", "SELECT * FROM s", &t.schema(), vec!["t".into()], true)
+        .expect("view");
+    let mut txn = StateTxn::new(store.clone());
+    let rows = ChangeBatch::inserts(batch(&t, vec![1, 1], vec!["a", "a"]));
+    view.apply_view_changes(&mut txn, &rows).expect("rows");
+    let retraction = ChangeBatch::new(batch(&t, vec![1], vec!["a"]), vec![-1]);
+    let refused = view.apply_view_changes(&mut txn, &retraction).unwrap_err();
+    assert!(refused.to_string().contains("retraction"), "{refused}");
+    catalog.register_view(&view, &mut txn).expect("register");
+    catalog.commit(txn).await.expect("commit");
+    drop(catalog);
+
+    // Reopened, the view numbers its next batch after the stored ones.
+    let catalog = Catalog::open(store.clone()).expect("reopen");
+    let view = catalog.require("v", ObjectKind::View).expect("v");
+    assert!(view.entry().appended);
+    let mut txn = StateTxn::new(store.clone());
+    let more = ChangeBatch::inserts(batch(&t, vec![2], vec!["b"]));
+    view.apply_view_changes(&mut txn, &more).expect("more");
+    catalog.commit(txn).await.expect("commit");
+    let read = view.read_view_rows(&store).expect("read");
+    assert_eq!(read, batch(&t, vec![1, 1, 2], vec!["a", "a", "b"]));
 }

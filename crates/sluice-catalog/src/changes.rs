@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 use sluice_sql::RelationKind;
@@ -88,10 +89,17 @@ impl Relation {
 
     /// Appends rows to a stream's log and returns the change.
     pub fn append(&self, txn: &mut StateTxn, batch: &RecordBatch) -> Result<ChangeBatch> {
+        self.put_numbered(txn, LOG_PREFIX, batch)?;
+        Ok(ChangeBatch::inserts(batch.clone()))
+    }
+
+    /// Stores `batch` in Arrow IPC form as the next numbered batch under
+    /// `prefix` (a stream's log, an appended view's rows).
+    fn put_numbered(&self, txn: &mut StateTxn, prefix: u8, batch: &RecordBatch) -> Result<()> {
         let seq = self
             .next_seq
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut k = key(LOG_PREFIX, self.entry.id);
+        let mut k = key(prefix, self.entry.id);
         k.extend_from_slice(&seq.to_be_bytes());
         let mut buf = Vec::new();
         {
@@ -100,14 +108,27 @@ impl Relation {
             w.finish()?;
         }
         txn.put(k, buf);
-        Ok(ChangeBatch::inserts(batch.clone()))
+        Ok(())
     }
 
     /// Applies a view's output changes to its rows (a multiset: each
-    /// distinct row with its multiplicity).
+    /// distinct row with its multiplicity; for an appended view, the
+    /// batches as they come).
     pub fn apply_view_changes(&self, txn: &mut StateTxn, changes: &ChangeBatch) -> Result<()> {
         if self.entry.kind != RelationKind::View {
             return Err(SluiceError::internal("view changes applied to a non-view"));
+        }
+        if self.entry.appended {
+            if !changes.is_append_only() {
+                return Err(SluiceError::internal(format!(
+                    "view \"{}\" keeps appended rows but got a retraction",
+                    self.entry.name
+                )));
+            }
+            if changes.batch.num_rows() > 0 {
+                self.put_numbered(txn, VIEW_ROWS_PREFIX, &changes.batch)?;
+            }
+            return Ok(());
         }
         let prefix = key(VIEW_ROWS_PREFIX, self.entry.id);
         let rows = self.codec.encode_values(&changes.batch)?;
@@ -147,6 +168,15 @@ impl Relation {
     pub fn read_view_rows(&self, txn_or_store: &dyn RowSource) -> Result<RecordBatch> {
         let prefix = key(VIEW_ROWS_PREFIX, self.entry.id);
         let pairs = txn_or_store.scan(&prefix)?;
+        if self.entry.appended {
+            let mut batches = Vec::with_capacity(pairs.len());
+            for (_, bytes) in pairs {
+                for batch in StreamReader::try_new(bytes.as_slice(), None)? {
+                    batches.push(batch?);
+                }
+            }
+            return Ok(concat_batches(&self.schema, &batches)?);
+        }
         let mut repeat = Vec::with_capacity(pairs.len());
         for (i, (_, count)) in pairs.iter().enumerate() {
             let n = i64::from_be_bytes(

@@ -66,6 +66,11 @@ pub struct RelationEntry {
     /// Kafka metadata columns: (key|partition|offset|timestamp, column).
     #[serde(default)]
     pub include: Vec<(String, String)>,
+    /// A view whose rows are only ever inserted (it reads streams through
+    /// nodes that never revise a row): its rows are kept as the Arrow IPC
+    /// batches they arrived in, not as a multiset of rows.
+    #[serde(default)]
+    pub appended: bool,
 }
 
 impl RelationEntry {
@@ -172,6 +177,7 @@ impl RelationEntry {
             view_schema: None,
             depends_on: Vec::new(),
             include: create.include.clone(),
+            appended: false,
         };
         if let Some(wm) = &create.watermark {
             entry.watermark = Some(entry.validate_watermark(&wm.column, &wm.expr.to_string())?);
@@ -194,6 +200,7 @@ impl RelationEntry {
         query: &str,
         schema: &Schema,
         depends_on: Vec<String>,
+        appended: bool,
     ) -> Result<Self> {
         let mut ipc = Vec::new();
         {
@@ -212,6 +219,7 @@ impl RelationEntry {
             view_schema: Some(ipc),
             depends_on,
             include: Vec::new(),
+            appended,
         })
     }
 
@@ -242,6 +250,7 @@ impl RelationEntry {
             view_schema: Some(ipc),
             depends_on: vec![from.name.clone()],
             include: Vec::new(),
+            appended: false,
         })
     }
 

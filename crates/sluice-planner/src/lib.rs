@@ -145,13 +145,15 @@ impl Dataflow {
         Ok((state.optimize(&plan)?, temporal))
     }
 
+    /// The view's operators, the relations it reads, and whether its rows
+    /// are only ever inserted.
     fn build(
         &self,
         plan: &LogicalPlan,
         temporal: Vec<AsOf>,
         view_id: u64,
         emit_on_window_close: bool,
-    ) -> Result<(Node, Vec<String>)> {
+    ) -> Result<(Node, Vec<String>, bool)> {
         let mut builder = Builder::new(&self.catalog, &self.ctx, view_id);
         builder.emit_on_window_close = emit_on_window_close;
         builder.temporal = temporal;
@@ -183,7 +185,8 @@ impl Dataflow {
                 Some("a constant query needs no view: SELECT it directly"),
             ));
         }
-        Ok((root, builder.depends_on))
+        let appended = builder.append_only(plan);
+        Ok((root, builder.depends_on, appended))
     }
 
     /// Re-plans every stored view (after a restart) and re-attaches every
@@ -211,7 +214,7 @@ impl Dataflow {
             };
             let view = sluice_sql::parse_view_query(&sql)?;
             let (plan, temporal) = self.logical_plan(&view.query).await?;
-            let (root, _) = self.build(
+            let (root, _, _) = self.build(
                 &plan,
                 temporal,
                 relation.entry().id,
@@ -516,11 +519,16 @@ impl Dataflow {
         }
         let (plan, temporal) = self.logical_plan(&create.query).await?;
         let id = self.catalog.next_id()?;
-        let (root, depends_on) = self.build(&plan, temporal, id, create.emit_on_window_close)?;
+        let (root, depends_on, appended) =
+            self.build(&plan, temporal, id, create.emit_on_window_close)?;
         let schema = plan.schema().as_arrow().clone();
-        let relation =
-            self.catalog
-                .new_view(&create.name, &create.stored_query(), &schema, depends_on)?;
+        let relation = self.catalog.new_view(
+            &create.name,
+            &create.stored_query(),
+            &schema,
+            depends_on,
+            appended,
+        )?;
         let mut inputs = Vec::new();
         for source in root.sources() {
             let Some(input) = self.catalog.get_by_id(source)? else {
@@ -574,7 +582,7 @@ impl Dataflow {
     /// line with the state it keeps.
     pub async fn explain(&self, create: &CreateView) -> Result<Vec<String>> {
         let (plan, temporal) = self.logical_plan(&create.query).await?;
-        let (root, _) = self.build(&plan, temporal, 0, create.emit_on_window_close)?;
+        let (root, _, _) = self.build(&plan, temporal, 0, create.emit_on_window_close)?;
         let mut lines = vec![format!("Materialize: {}", create.name)];
         lines.extend(root.explain().into_iter().map(|l| format!("  {l}")));
         Ok(lines)

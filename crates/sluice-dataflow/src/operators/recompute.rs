@@ -31,7 +31,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::MemTable;
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use sluice_common::{batch_with_rows, ChangeBatch, Result, SluiceError};
@@ -115,6 +115,9 @@ pub struct Recompute {
     /// The state the watermark closes, if any.
     event_time: Option<EventTime>,
     slot_state: std::sync::Mutex<event_time::Slots>,
+    /// An inner join: a change joins the other side as it is, no before
+    /// and after.
+    inner_join: bool,
 }
 
 fn converter(
@@ -194,7 +197,10 @@ impl Recompute {
             )?,
             _ => None,
         };
+        let inner_join = partitioning == Partitioning::JoinKeys
+            && matches!(&plan, LogicalPlan::Join(j) if j.join_type == JoinType::Inner);
         Ok(Recompute {
+            inner_join,
             output_rows: RowConverter::new(
                 schema
                     .fields()
@@ -491,6 +497,11 @@ impl Recompute {
         ctx: &mut OpContext<'_>,
     ) -> Result<ChangeBatch> {
         let affected = Self::distinct(keys);
+        if self.inner_join {
+            return self
+                .inner_join_delta(input, keys, rows, changes, state, ctx, &affected)
+                .await;
+        }
         let mut before = Vec::with_capacity(self.inputs.len());
         for (side, codec) in self.inputs.iter().enumerate() {
             let rows = self.load_many(ctx, state, side as u8, &affected, JOIN_KEY_BY_KEY)?;
@@ -511,6 +522,68 @@ impl Recompute {
             .map(|r| (r, 1))
             .collect();
         Ok(self.diff(&old, &new)?.0)
+    }
+
+    /// A change of one side of an inner join: the change itself joined
+    /// with the other side's rows of the touched keys (an inner join is
+    /// linear in each input), inserts and deletes apart.
+    #[allow(clippy::too_many_arguments)]
+    async fn inner_join_delta(
+        &self,
+        input: usize,
+        keys: &[Vec<u8>],
+        rows: Vec<Vec<u8>>,
+        changes: &ChangeBatch,
+        state: &[u8],
+        ctx: &mut OpContext<'_>,
+        affected: &[Vec<u8>],
+    ) -> Result<ChangeBatch> {
+        let other = 1 - input;
+        let other_rows = self.load_many(ctx, state, other as u8, affected, JOIN_KEY_BY_KEY)?;
+        let other_batch = Self::decode(
+            &self.inputs[other].rows,
+            &self.inputs[other].schema,
+            &other_rows,
+        )?;
+        self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
+        if other_batch.num_rows() == 0 {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let parts: Vec<(RecordBatch, i8)> = if changes.is_append_only() {
+            vec![(changes.batch.clone(), 1)]
+        } else {
+            let positive: datafusion::arrow::array::BooleanArray = (0..changes.num_rows())
+                .map(|i| Some(changes.sign(i) > 0))
+                .collect();
+            let negative = datafusion::arrow::compute::not(&positive)?;
+            vec![
+                (
+                    datafusion::arrow::compute::filter_record_batch(&changes.batch, &positive)?,
+                    1,
+                ),
+                (
+                    datafusion::arrow::compute::filter_record_batch(&changes.batch, &negative)?,
+                    -1,
+                ),
+            ]
+        };
+        let mut out = Vec::with_capacity(parts.len());
+        for (part, sign) in parts {
+            if part.num_rows() == 0 {
+                continue;
+            }
+            let mut inputs = vec![RecordBatch::new_empty(self.inputs[input].schema.clone()); 2];
+            inputs[input] = part;
+            inputs[other] = other_batch.clone();
+            let joined = self.execute(ctx.session, inputs).await?;
+            let n = joined.num_rows();
+            out.push(if sign > 0 {
+                ChangeBatch::inserts(joined)
+            } else {
+                ChangeBatch::new(joined, vec![-1; n])
+            });
+        }
+        ChangeBatch::concat(self.schema.clone(), &out)
     }
 
     async fn lookup(
