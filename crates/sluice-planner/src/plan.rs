@@ -17,7 +17,8 @@ use datafusion::prelude::SessionContext;
 use sluice_catalog::{state_prefix, Catalog};
 use sluice_common::{Result, SluiceError};
 use sluice_dataflow::operators::{
-    EventTime, Map, Merge, Partitioning, Recompute, RecomputeInput, Union, WindowClose,
+    invertible_type, EventTime, Inverted, Map, Merge, Partitioning, Recompute, RecomputeInput,
+    Total, Union, WindowClose,
 };
 use sluice_dataflow::Node;
 use sluice_sql::RelationKind;
@@ -284,6 +285,10 @@ impl<'a> Builder<'a> {
                         emit_on_close: self.emit_on_window_close,
                         event_time,
                     }));
+                } else if !self.append_only(&a.input) {
+                    if let Some(inverted) = self.invertible(&a.aggr_expr, a.input.schema())? {
+                        op = op.with_totals(inverted);
+                    }
                 }
                 Ok(self.op(Box::new(op), vec![input]))
             }
@@ -502,6 +507,52 @@ impl Builder<'_> {
             ));
         }
         Ok(expiries)
+    }
+}
+
+impl Builder<'_> {
+    /// The running totals of each aggregate, when all of them are `count`,
+    /// or `sum`/`avg` of integers, without DISTINCT, FILTER or ORDER BY.
+    fn invertible(
+        &self,
+        aggregates: &[Expr],
+        input: &DFSchemaRef,
+    ) -> Result<Option<Vec<Inverted>>> {
+        let mut out = Vec::with_capacity(aggregates.len());
+        for e in aggregates {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(f) = e else {
+                return Ok(None);
+            };
+            if f.params.distinct || f.params.filter.is_some() || !f.params.order_by.is_empty() {
+                return Ok(None);
+            }
+            let total = match f.func.name() {
+                "count" => Total::Count,
+                "sum" => Total::Sum,
+                "avg" => Total::Avg,
+                _ => return Ok(None),
+            };
+            let arg = match f.params.args.as_slice() {
+                [] => None,
+                // count(*) arrives as count(1).
+                [Expr::Literal(v, ..)] if total == Total::Count && !v.is_null() => None,
+                [arg] => {
+                    let data_type =
+                        datafusion::logical_expr::ExprSchemable::get_type(arg, input.as_ref())?;
+                    if total != Total::Count && !invertible_type(&data_type) {
+                        return Ok(None);
+                    }
+                    Some(self.physical(arg, input)?)
+                }
+                _ => return Ok(None),
+            };
+            out.push(Inverted { total, arg });
+        }
+        Ok(Some(out))
     }
 }
 

@@ -43,8 +43,15 @@ impl RocksBackend {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Operator state is mostly point reads of keys that are not there
+        // yet (a new row's multiplicity): bloom filters on whole keys, in
+        // the files and in the memtable, answer those without a search.
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.1);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(cache_bytes));
+        table.set_bloom_filter(10.0, false);
+        table.set_whole_key_filtering(true);
         opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(backend)?;
         tracing::info!(path = %path.display(), cache_bytes, "state store opened");

@@ -39,7 +39,9 @@ use sluice_common::{batch_with_rows, ChangeBatch, Result, SluiceError};
 use crate::{OpContext, Operator};
 
 mod event_time;
+mod invert;
 pub use event_time::{micros_of, Bound, EventTime, Expiry, WindowClose, WATERMARK_COLUMN};
+pub use invert::{invertible_type, Inverted, Total};
 
 const OUTPUT_SIDE: u8 = 2;
 /// Up to how many keys a lookup join reads key by key rather than the whole
@@ -118,6 +120,9 @@ pub struct Recompute {
     /// An inner join: a change joins the other side as it is, no before
     /// and after.
     inner_join: bool,
+    /// For GROUP BY (not on a window) over an input that retracts, with
+    /// only count, sum and avg of integers: keep running totals per group.
+    inverted: Option<Vec<Inverted>>,
 }
 
 fn converter(
@@ -201,6 +206,7 @@ impl Recompute {
             && matches!(&plan, LogicalPlan::Join(j) if j.join_type == JoinType::Inner);
         Ok(Recompute {
             inner_join,
+            inverted: None,
             output_rows: RowConverter::new(
                 schema
                     .fields()
@@ -237,6 +243,17 @@ impl Recompute {
     pub fn with_merge(mut self, merge: Vec<Merge>) -> Self {
         if matches!(self.partitioning, Partitioning::GroupColumns(_)) {
             self.merge = Some(merge);
+        }
+        self
+    }
+
+    /// Maintains a GROUP BY (with at least one group column, not closed by
+    /// a watermark) by running totals, one `Inverted` per aggregate.
+    pub fn with_totals(mut self, inverted: Vec<Inverted>) -> Self {
+        if matches!(self.partitioning, Partitioning::GroupColumns(n) if n > 0)
+            && self.event_time.is_none()
+        {
+            self.inverted = Some(inverted);
         }
         self
     }
@@ -685,6 +702,9 @@ impl Operator for Recompute {
             Partitioning::GroupColumns(_) if self.merge.is_some() => {
                 "state: output row per group, merged with each change"
             }
+            Partitioning::GroupColumns(_) if self.inverted.is_some() => {
+                "state: running totals per group"
+            }
             Partitioning::GroupColumns(_) => "state: input rows and output row per group",
             Partitioning::PerKey => "state: input rows and output rows per key",
             Partitioning::JoinKeys => "state: both sides' rows per key",
@@ -712,6 +732,9 @@ impl Recompute {
         ctx: &mut OpContext<'_>,
     ) -> Result<ChangeBatch> {
         let keys = self.keys_of(input, &changes.batch)?;
+        if let Some(inverted) = &self.inverted {
+            return self.apply_totals(inverted, &keys, &changes, state, ctx);
+        }
         if let Some(merge) = &self.merge {
             if !changes.is_append_only() {
                 return Err(SluiceError::internal("merged aggregate got a retraction"));
