@@ -44,6 +44,9 @@ pub use event_time::{micros_of, Bound, EventTime, Expiry, WindowClose, WATERMARK
 pub use invert::{invertible_type, Inverted, Total};
 
 const OUTPUT_SIDE: u8 = 2;
+/// A merged GROUP BY's output row per group: `<4> <key length u32> <key>`
+/// -> the row (one point read and write per group and change).
+const MERGED_SIDE: u8 = 4;
 /// Up to how many keys a lookup join reads key by key rather than the whole
 /// table side (a lookup batch touches many keys of a small table).
 const LOOKUP_KEY_BY_KEY: usize = 32;
@@ -681,6 +684,10 @@ impl Operator for Recompute {
         if self.partitioning != Partitioning::GroupColumns(0) {
             return Ok(None);
         }
+        let merged = Self::partition_prefix(state, MERGED_SIDE, &[]);
+        if self.merge.is_some() && ctx.txn.multi_get(&[merged.clone()])?[0].is_some() {
+            return Ok(None);
+        }
         if !self.load(ctx, state, OUTPUT_SIDE, &[])?.is_empty() {
             return Ok(None);
         }
@@ -688,8 +695,14 @@ impl Operator for Recompute {
         let batch = Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &rows)?;
         let new = self.execute(ctx.session, vec![batch]).await?;
         let (change, new_rows) = self.diff(&[], &new)?;
-        let keys = vec![Vec::new(); new_rows.len()];
-        self.apply(ctx, state, OUTPUT_SIDE, &keys, new_rows, |_| 1)?;
+        if self.merge.is_some() {
+            for row in new_rows {
+                ctx.txn.put(merged.clone(), row);
+            }
+        } else {
+            let keys = vec![Vec::new(); new_rows.len()];
+            self.apply(ctx, state, OUTPUT_SIDE, &keys, new_rows, |_| 1)?;
+        }
         Ok(Some(change))
     }
 
@@ -739,17 +752,28 @@ impl Recompute {
             if !changes.is_append_only() {
                 return Err(SluiceError::internal("merged aggregate got a retraction"));
             }
-            let mut old = Vec::new();
-            for key in Self::distinct(&keys) {
-                old.extend(self.load(ctx, state, OUTPUT_SIDE, &key)?);
-                ctx.txn
-                    .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, &key))?;
-            }
+            // One point read per touched group, one write per group.
+            let groups: Vec<Vec<u8>> = Self::distinct(&keys)
+                .iter()
+                .map(|k| Self::partition_prefix(state, MERGED_SIDE, k))
+                .collect();
+            let old: Vec<(Vec<u8>, i64)> = ctx
+                .txn
+                .multi_get(&groups)?
+                .into_iter()
+                .flatten()
+                .map(|row| (row, 1))
+                .collect();
             let partial = self.execute(ctx.session, vec![changes.batch]).await?;
             let old_batch = Self::decode(&self.output_rows, &self.schema, &old)?;
             let parts = concat_batches(&self.schema, [&old_batch, &partial])?;
             let new = self.merge_rows(ctx.session, merge, parts).await?;
-            return self.replace_groups(ctx, state, &old, &new);
+            let (change, new_rows) = self.diff(&old, &new)?;
+            for (key, row) in self.output_keys(&new)?.into_iter().zip(new_rows) {
+                ctx.txn
+                    .put(Self::partition_prefix(state, MERGED_SIDE, &key), row);
+            }
+            return Ok(change);
         }
         let rows = rows_of(&self.inputs[input].rows, &changes.batch)?;
         if self.partitioning == Partitioning::JoinKeys {
@@ -809,16 +833,21 @@ impl Recompute {
         new: &RecordBatch,
     ) -> Result<ChangeBatch> {
         let (change, new_rows) = self.diff(old, new)?;
-        let new_keys = match &self.output_key {
+        let new_keys = self.output_keys(new)?;
+        self.apply(ctx, state, OUTPUT_SIDE, &new_keys, new_rows, |_| 1)?;
+        Ok(change)
+    }
+
+    /// The group key of each output row.
+    fn output_keys(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        Ok(match &self.output_key {
             Some(codec) => codec
-                .convert_columns(&new.columns()[..self.output_key_width()])?
+                .convert_columns(&rows.columns()[..self.output_key_width()])?
                 .iter()
                 .map(|r| r.as_ref().to_vec())
                 .collect(),
-            None => vec![Vec::new(); new.num_rows()],
-        };
-        self.apply(ctx, state, OUTPUT_SIDE, &new_keys, new_rows, |_| 1)?;
-        Ok(change)
+            None => vec![Vec::new(); rows.num_rows()],
+        })
     }
 
     fn output_key_width(&self) -> usize {

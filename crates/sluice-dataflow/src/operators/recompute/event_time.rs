@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
-use super::{count_of, split_entry, Recompute, OUTPUT_SIDE};
+use super::{count_of, split_entry, Recompute, MERGED_SIDE, OUTPUT_SIDE};
 use crate::late::LateRows;
 use crate::OpContext;
 
@@ -323,12 +323,18 @@ impl Recompute {
         let Some(key_codec) = &self.output_key else {
             return Ok(None);
         };
+        let merged = self.merge.is_some();
         let mut prefix = state.to_vec();
-        prefix.push(OUTPUT_SIDE);
+        prefix.push(if merged { MERGED_SIDE } else { OUTPUT_SIDE });
         // Group the output side's entries by key.
         let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
         for (k, v) in ctx.txn.scan_prefix(&prefix)? {
             let (key, row) = split_entry(&k[prefix.len()..])?;
+            if merged {
+                // One row per group, in the value.
+                groups.push((key.to_vec(), vec![(v, 1)]));
+                continue;
+            }
             match groups.last_mut() {
                 Some((last, rows)) if last.as_slice() == key => {
                     rows.push((row.to_vec(), count_of(&v)?))
@@ -355,10 +361,15 @@ impl Recompute {
                 .enumerate()
                 .any(|(slot, v)| matches!((v[g], slots.bounds[slot]), (Some(v), Some(b)) if v < b));
             if closed {
-                ctx.txn
-                    .delete_prefix(Self::partition_prefix(state, 0, &key))?;
-                ctx.txn
-                    .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, &key))?;
+                if merged {
+                    ctx.txn
+                        .delete(Self::partition_prefix(state, MERGED_SIDE, &key));
+                } else {
+                    ctx.txn
+                        .delete_prefix(Self::partition_prefix(state, 0, &key))?;
+                    ctx.txn
+                        .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, &key))?;
+                }
                 if window.emit_on_close {
                     closed_rows.extend(rows);
                 }
