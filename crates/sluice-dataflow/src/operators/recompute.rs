@@ -123,6 +123,10 @@ pub struct Recompute {
     /// An inner join: a change joins the other side as it is, no before
     /// and after.
     inner_join: bool,
+    /// Roughly how many rows each input side holds (counted since the
+    /// process started: decides between reading keys one by one and
+    /// reading a whole side).
+    sizes: std::sync::Mutex<[i64; 2]>,
     /// For GROUP BY (not on a window) over an input that retracts, with
     /// only count, sum and avg of integers: keep running totals per group.
     inverted: Option<Vec<Inverted>>,
@@ -210,6 +214,7 @@ impl Recompute {
         Ok(Recompute {
             inner_join,
             inverted: None,
+            sizes: Default::default(),
             output_rows: RowConverter::new(
                 schema
                     .fields()
@@ -316,6 +321,20 @@ impl Recompute {
         )?)
     }
 
+    /// The index into `sizes` of an input side.
+    fn side_rows(&self, side: u8) -> Option<usize> {
+        (usize::from(side) < self.inputs.len().min(2)).then_some(usize::from(side))
+    }
+
+    /// Notes that `n` rows left `side` (expired).
+    pub(super) fn forget_rows(&self, side: usize, n: i64) {
+        if let Ok(mut sizes) = self.sizes.lock() {
+            if side < 2 {
+                sizes[side] -= n;
+            }
+        }
+    }
+
     fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let codec = &self.inputs[input];
         super::state_keys::encode_keys(codec.key_codec.as_ref(), &codec.keys, batch)
@@ -340,6 +359,11 @@ impl Recompute {
             let mut k = Self::partition_prefix(state, side, &keys[i]);
             k.extend_from_slice(&row);
             *deltas.entry(k).or_default() += i64::from(signs(i));
+        }
+        if let Some(size) = self.side_rows(side) {
+            if let Ok(mut sizes) = self.sizes.lock() {
+                sizes[size] += deltas.values().sum::<i64>();
+            }
         }
         let ks: Vec<Vec<u8>> = deltas.keys().cloned().collect();
         let current = ctx.txn.multi_get(&ks)?;
@@ -381,7 +405,13 @@ impl Recompute {
         keys: &[Vec<u8>],
         key_by_key: usize,
     ) -> Result<Vec<(Vec<u8>, i64)>> {
-        if keys.len() <= key_by_key {
+        // Many keys of a large side are still fewer reads key by key than
+        // reading the whole side.
+        let size = self
+            .side_rows(side)
+            .and_then(|i| self.sizes.lock().ok().map(|s| s[i]))
+            .unwrap_or(0);
+        if keys.len() <= key_by_key || (keys.len() as i64).saturating_mul(8) < size {
             let mut rows = Vec::new();
             for key in keys {
                 rows.extend(self.load(ctx, state, side, key)?);

@@ -420,13 +420,18 @@ impl Recompute {
                 .rows
                 .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
             let times = micros_of(&columns[e.column])?;
-            for ((k, _), t) in entries.iter().zip(times) {
+            let mut expired = 0;
+            for ((k, v), t) in entries.iter().zip(times) {
                 match t {
-                    Some(t) if t < cutoff => ctx.txn.delete(k.clone()),
+                    Some(t) if t < cutoff => {
+                        expired += count_of(v)?;
+                        ctx.txn.delete(k.clone());
+                    }
                     Some(t) => smallest = smallest.min(t),
                     None => {}
                 }
             }
+            self.forget_rows(e.side, expired);
         }
         slots.smallest[slot] = Some(smallest);
         Ok(())
