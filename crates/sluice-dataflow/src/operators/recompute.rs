@@ -715,7 +715,7 @@ impl Operator for Recompute {
             return Ok(None);
         }
         let merged = Self::partition_prefix(state, MERGED_SIDE, &[]);
-        if self.merge.is_some() && ctx.txn.multi_get(&[merged.clone()])?[0].is_some() {
+        if self.merge.is_some() && ctx.txn.multi_get(std::slice::from_ref(&merged))?[0].is_some() {
             return Ok(None);
         }
         if !self.load(ctx, state, OUTPUT_SIDE, &[])?.is_empty() {
