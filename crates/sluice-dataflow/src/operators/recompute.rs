@@ -546,12 +546,12 @@ impl Recompute {
         state: &[u8],
         ctx: &mut OpContext<'_>,
     ) -> Result<ChangeBatch> {
-        let affected = Self::distinct(keys);
         if self.inner_join {
             return self
-                .inner_join_delta(input, keys, rows, changes, state, ctx, &affected)
+                .inner_join_delta(input, keys, rows, changes, state, ctx)
                 .await;
         }
+        let affected = Self::distinct(keys);
         let mut before = Vec::with_capacity(self.inputs.len());
         for (side, codec) in self.inputs.iter().enumerate() {
             let rows = self.load_many(ctx, state, side as u8, &affected, JOIN_KEY_BY_KEY)?;
@@ -577,7 +577,6 @@ impl Recompute {
     /// A change of one side of an inner join: the change itself joined
     /// with the other side's rows of the touched keys (an inner join is
     /// linear in each input), inserts and deletes apart.
-    #[allow(clippy::too_many_arguments)]
     async fn inner_join_delta(
         &self,
         input: usize,
@@ -586,10 +585,10 @@ impl Recompute {
         changes: &ChangeBatch,
         state: &[u8],
         ctx: &mut OpContext<'_>,
-        affected: &[Vec<u8>],
     ) -> Result<ChangeBatch> {
         let other = 1 - input;
-        let other_rows = self.load_many(ctx, state, other as u8, affected, JOIN_KEY_BY_KEY)?;
+        let affected = Self::distinct(keys);
+        let other_rows = self.load_many(ctx, state, other as u8, &affected, JOIN_KEY_BY_KEY)?;
         let other_batch = Self::decode(
             &self.inputs[other].rows,
             &self.inputs[other].schema,

@@ -205,8 +205,14 @@ impl Recompute {
             old.push(before);
             new.push(after);
         }
-        let old_rows = self.group_rows(inverted, batch, &first_row, &old)?;
-        let new_rows = self.group_rows(inverted, batch, &first_row, &new)?;
+        // The group columns, evaluated once for the old and the new rows.
+        let group_columns = self.inputs[0]
+            .keys
+            .iter()
+            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let old_rows = self.group_rows(inverted, &group_columns, &first_row, &old)?;
+        let new_rows = self.group_rows(inverted, &group_columns, &first_row, &new)?;
         let old_rows: Vec<(Vec<u8>, i64)> = super::rows_of(&self.output_rows, &old_rows)?
             .into_iter()
             .map(|r| (r, 1))
@@ -216,11 +222,11 @@ impl Recompute {
 
     /// The output rows of the groups whose totals are `totals` (one row per
     /// group that has rows); a group's key columns are taken from its first
-    /// row in `batch`.
+    /// row in `group_columns` (the change's group keys).
     fn group_rows(
         &self,
         inverted: &[Inverted],
-        batch: &RecordBatch,
+        group_columns: &[ArrayRef],
         first_row: &[u32],
         totals: &[Totals],
     ) -> Result<RecordBatch> {
@@ -228,13 +234,11 @@ impl Recompute {
         let rows = UInt32Array::from(live.iter().map(|&g| first_row[g]).collect::<Vec<_>>());
         let fields = self.schema.fields();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
-        let group_columns = self.output_key_width();
-        for (key, field) in self.inputs[0].keys.iter().zip(fields.iter()) {
-            let values = key.evaluate(batch)?.into_array(batch.num_rows())?;
-            columns.push(cast(&take(&values, &rows, None)?, field.data_type())?);
+        for (values, field) in group_columns.iter().zip(fields.iter()) {
+            columns.push(cast(&take(values, &rows, None)?, field.data_type())?);
         }
         for (j, agg) in inverted.iter().enumerate() {
-            let field = &fields[group_columns + j];
+            let field = &fields[group_columns.len() + j];
             let column: ArrayRef = match agg.total {
                 Total::Count => Arc::new(Int64Array::from(
                     live.iter()
