@@ -121,6 +121,17 @@ pub trait StateBackend: Send + Sync + 'static {
     /// The pair with the largest key starting with `prefix`, if any.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>>;
 
+    /// Visits the pairs whose keys are in `[start, end)` (`end` `None`: to
+    /// the last key), in key order or (`reverse`) backwards, until `visit`
+    /// returns false.
+    fn visit_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
+
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.multi_get(&[key.to_vec()])?.pop().flatten())
@@ -171,6 +182,22 @@ mod tests {
             Some((b"a/2".to_vec(), b"y".to_vec()))
         );
         assert_eq!(store.last_with_prefix(b"c/").expect("last"), None);
+        let mut seen = Vec::new();
+        store
+            .visit_range(b"a/2", None, false, &mut |k, _| {
+                seen.push(k.to_vec());
+                true
+            })
+            .expect("visit");
+        assert_eq!(seen, vec![b"a/2".to_vec(), b"b/1".to_vec()]);
+        seen.clear();
+        store
+            .visit_range(b"a/", Some(b"b/"), true, &mut |k, _| {
+                seen.push(k.to_vec());
+                false
+            })
+            .expect("visit backwards");
+        assert_eq!(seen, vec![b"a/2".to_vec()]);
         let mut b = WriteBatch::new();
         b.delete_prefix(b"a/".to_vec());
         store.write(b).expect("write");

@@ -76,4 +76,33 @@ impl StateBackend for MemoryBackend {
             .next_back()
             .map(|(k, v)| (k.clone(), v.clone())))
     }
+
+    fn visit_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let map = self.map.read().map_err(|_| poisoned())?;
+        let end = match end {
+            Some(end) => Bound::Excluded(end.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let range = map.range((Bound::Included(start.to_vec()), end));
+        if reverse {
+            for (k, v) in range.rev() {
+                if !visit(k, v) {
+                    break;
+                }
+            }
+        } else {
+            for (k, v) in range {
+                if !visit(k, v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }

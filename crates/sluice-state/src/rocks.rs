@@ -126,4 +126,30 @@ impl StateBackend for RocksBackend {
             .map(|kv| kv.map(|(k, v)| (k.into_vec(), v.into_vec())))
             .map_err(backend)
     }
+
+    fn visit_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::From(start, Direction::Forward)
+        };
+        for kv in self.db.iterator_opt(mode, ro) {
+            let (k, v) = kv.map_err(backend)?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }

@@ -23,6 +23,14 @@ pub struct StateTxn {
     bytes: usize,
 }
 
+/// The keys in `[start, end)`, as a range of a map keyed by byte strings.
+fn range<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    )
+}
+
 /// What an overlay entry costs beyond its key and value, roughly.
 const ENTRY_OVERHEAD: usize = 48;
 
@@ -88,23 +96,81 @@ impl StateTxn {
 
     /// Every pair under `prefix`, in key order, seeing this transaction's writes.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.store.scan_prefix(prefix)?.into_iter().collect();
-        let end = match prefix_successor(prefix) {
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        for (k, v) in self.overlay.range((Bound::Included(prefix.to_vec()), end)) {
-            match v {
-                Some(v) => {
-                    merged.insert(k.clone(), v.clone());
+        let end = prefix_successor(prefix);
+        self.scan_range(prefix, end.as_deref())
+    }
+
+    /// Every pair with a key in `[start, end)` (`end` `None`: to the last
+    /// key), in key order, seeing this transaction's writes.
+    pub fn scan_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KeyValue>> {
+        let mut stored: Vec<KeyValue> = Vec::new();
+        self.store.visit_range(start, end, false, &mut |k, v| {
+            stored.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        let mut overlay = self.overlay.range::<[u8], _>(range(start, end)).peekable();
+        if overlay.peek().is_none() {
+            return Ok(stored);
+        }
+        // Merge two sorted runs; the overlay wins on equal keys.
+        let mut merged = Vec::with_capacity(stored.len());
+        let mut stored = stored.into_iter().peekable();
+        loop {
+            let take_overlay = match (stored.peek(), overlay.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((s, _)), Some((o, _))) => o.as_slice() <= s.as_slice(),
+            };
+            if take_overlay {
+                let Some((k, v)) = overlay.next() else { break };
+                if stored.peek().is_some_and(|(s, _)| s == k) {
+                    stored.next();
                 }
-                None => {
-                    merged.remove(k);
+                if let Some(v) = v {
+                    merged.push((k.clone(), v.clone()));
                 }
+            } else if let Some(kv) = stored.next() {
+                merged.push(kv);
             }
         }
-        Ok(merged.into_iter().collect())
+        Ok(merged)
+    }
+
+    /// The pair with the smallest key in `[start, end)` or (`last`) the
+    /// largest, seeing this transaction's writes.
+    pub fn first_in_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        last: bool,
+    ) -> Result<Option<KeyValue>> {
+        let mut live = self
+            .overlay
+            .range::<[u8], _>(range(start, end))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+        let candidate = if last { live.next_back() } else { live.next() };
+        let mut found: Option<KeyValue> = None;
+        self.store.visit_range(start, end, last, &mut |k, v| {
+            if let Some((c, _)) = candidate {
+                // Past the overlay's own first live key: that one is first.
+                let beyond = if last {
+                    k <= c.as_slice()
+                } else {
+                    k >= c.as_slice()
+                };
+                if beyond {
+                    return false;
+                }
+            }
+            if self.overlay.contains_key(k) {
+                // Deleted here (a live overlay key would be the candidate).
+                return true;
+            }
+            found = Some((k.to_vec(), v.to_vec()));
+            false
+        })?;
+        Ok(found.or_else(|| candidate.map(|(k, v)| (k.clone(), v.clone()))))
     }
 
     /// Hands over the writes made since the last call (to be committed by
@@ -206,6 +272,51 @@ mod tests {
         assert!(txn.scan_prefix(b"a/").expect("scan").is_empty());
         txn.commit().expect("commit");
         assert!(store.scan_prefix(b"a/").expect("scan").is_empty());
+    }
+
+    #[test]
+    fn range_reads_merge_the_store_with_this_transactions_writes() {
+        let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        let mut seed = WriteBatch::new();
+        for k in [&b"r/1"[..], b"r/3", b"r/5", b"r/7", b"s/1"] {
+            seed.put(k.to_vec(), b"stored".to_vec());
+        }
+        store.write(seed).expect("seed");
+        let mut txn = StateTxn::new(store);
+        txn.put(b"r/3".to_vec(), b"mine".to_vec());
+        txn.put(b"r/4".to_vec(), b"new".to_vec());
+        txn.delete(b"r/7".to_vec());
+        txn.delete(b"r/1".to_vec());
+        let keys = |kvs: Vec<KeyValue>| -> Vec<(String, String)> {
+            kvs.into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            keys(txn.scan_range(b"r/2", Some(b"r/9")).expect("range")),
+            vec![
+                ("r/3".into(), "mine".into()),
+                ("r/4".into(), "new".into()),
+                ("r/5".into(), "stored".into())
+            ]
+        );
+        assert_eq!(keys(txn.scan_range(b"r/6", None).expect("tail")).len(), 1);
+        let first = |start: &[u8], end: Option<&[u8]>, last: bool| {
+            txn.first_in_range(start, end, last)
+                .expect("first")
+                .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        };
+        // r/1 and r/7 are deleted here though the store still has them.
+        assert_eq!(first(b"r/", Some(b"r0"), false), Some("r/3".into()));
+        assert_eq!(first(b"r/", Some(b"r0"), true), Some("r/5".into()));
+        assert_eq!(first(b"r/6", Some(b"r0"), true), None);
+        assert_eq!(first(b"r/35", Some(b"r/45"), true), Some("r/4".into()));
+        assert_eq!(first(b"s/", None, false), Some("s/1".into()));
     }
 
     #[test]
