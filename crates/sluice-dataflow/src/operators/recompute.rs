@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::MemTable;
@@ -38,10 +38,14 @@ use sluice_common::{batch_with_rows, ChangeBatch, Result, SluiceError};
 
 use crate::{OpContext, Operator};
 
+mod codec;
 mod event_time;
 mod invert;
+mod ordered;
+use codec::{decode_rows, InputCodec};
 pub use event_time::{micros_of, Bound, EventTime, Expiry, WindowClose, WATERMARK_COLUMN};
 pub use invert::{invertible_type, Inverted, Total};
+use ordered::{Extreme, Range};
 
 const OUTPUT_SIDE: u8 = 2;
 /// A merged GROUP BY's output row per group: `<4> <key length u32> <key>`
@@ -95,14 +99,6 @@ pub struct RecomputeInput {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
 }
 
-struct InputCodec {
-    df_schema: DFSchemaRef,
-    keys: Vec<Arc<dyn PhysicalExpr>>,
-    key_codec: Option<RowConverter>,
-    rows: RowConverter,
-    schema: SchemaRef,
-}
-
 /// Maintains a stateful plan node by recomputing the partitions a change
 /// touches.
 pub struct Recompute {
@@ -130,6 +126,12 @@ pub struct Recompute {
     /// For GROUP BY (not on a window) over an input that retracts, with
     /// only count, sum and avg of integers: keep running totals per group.
     inverted: Option<Vec<Inverted>>,
+    /// A GROUP BY of only `max` (or only `min`) of one column: its input
+    /// rows are kept in that column's order and only the extreme is read.
+    extreme: Option<Extreme>,
+    /// An inner join comparing a column of each side: each side's rows in
+    /// that column's order, read by range.
+    ranges: [Option<Range>; 2],
 }
 
 fn converter(
@@ -185,19 +187,8 @@ impl Recompute {
                 .iter()
                 .map(|k| k.data_type(&arrow))
                 .collect::<datafusion::error::Result<Vec<_>>>()?;
-            codecs.push(InputCodec {
-                key_codec: converter(key_types.into_iter())?,
-                rows: RowConverter::new(
-                    arrow
-                        .fields()
-                        .iter()
-                        .map(|f| SortField::new(f.data_type().clone()))
-                        .collect(),
-                )?,
-                df_schema: input.df_schema,
-                keys: input.keys,
-                schema: arrow,
-            });
+            let key_codec = converter(key_types.into_iter())?;
+            codecs.push(InputCodec::try_new(input.df_schema, input.keys, key_codec)?);
         }
         let output_key = match partitioning {
             Partitioning::GroupColumns(n) => converter(
@@ -211,8 +202,27 @@ impl Recompute {
         };
         let inner_join = partitioning == Partitioning::JoinKeys
             && matches!(&plan, LogicalPlan::Join(j) if j.join_type == JoinType::Inner);
+        let extreme = match partitioning {
+            Partitioning::GroupColumns(_) => ordered::extreme_of(&plan),
+            _ => None,
+        };
+        if let Some(e) = extreme {
+            // NULLs where the extreme is not looked for.
+            codecs[0].lead_with(e.column, e.max)?;
+        }
+        let ranges = match inner_join {
+            true => ordered::ranges_of(&plan),
+            false => [None, None],
+        };
+        for (codec, range) in codecs.iter_mut().zip(&ranges) {
+            if let Some(range) = range {
+                codec.lead_with(range.column, true)?;
+            }
+        }
         Ok(Recompute {
             inner_join,
+            extreme,
+            ranges,
             inverted: None,
             sizes: Default::default(),
             output_rows: RowConverter::new(
@@ -436,22 +446,7 @@ impl Recompute {
         schema: &SchemaRef,
         rows: &[(Vec<u8>, i64)],
     ) -> Result<RecordBatch> {
-        if rows.is_empty() {
-            return Ok(RecordBatch::new_empty(schema.clone()));
-        }
-        if schema.fields().is_empty() {
-            // Rows without columns: only how many there are matters.
-            let count = rows.iter().map(|(_, n)| n.unsigned_abs() as usize).sum();
-            return batch_with_rows(schema.clone(), Vec::new(), count);
-        }
-        let parser = converter.parser();
-        let distinct = converter.convert_rows(rows.iter().map(|(r, _)| parser.parse(r)))?;
-        let batch = RecordBatch::try_new(schema.clone(), distinct)?;
-        let mut repeat = Vec::new();
-        for (i, (_, n)) in rows.iter().enumerate() {
-            repeat.extend(std::iter::repeat_n(i as u32, n.unsigned_abs() as usize));
-        }
-        Ok(take_record_batch(&batch, &UInt32Array::from(repeat))?)
+        decode_rows(converter, schema, rows)
     }
 
     /// Runs the node's plan over these rows of its inputs.
@@ -555,16 +550,12 @@ impl Recompute {
         let mut before = Vec::with_capacity(self.inputs.len());
         for (side, codec) in self.inputs.iter().enumerate() {
             let rows = self.load_many(ctx, state, side as u8, &affected, JOIN_KEY_BY_KEY)?;
-            before.push(Self::decode(&codec.rows, &codec.schema, &rows)?);
+            before.push(codec.decode(&rows)?);
         }
         self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
         let changed = self.load_many(ctx, state, input as u8, &affected, JOIN_KEY_BY_KEY)?;
         let mut after = before.clone();
-        after[input] = Self::decode(
-            &self.inputs[input].rows,
-            &self.inputs[input].schema,
-            &changed,
-        )?;
+        after[input] = self.inputs[input].decode(&changed)?;
         let old = self.execute(ctx.session, before).await?;
         let new = self.execute(ctx.session, after).await?;
         let old: Vec<(Vec<u8>, i64)> = rows_of(&self.output_rows, &old)?
@@ -588,12 +579,11 @@ impl Recompute {
     ) -> Result<ChangeBatch> {
         let other = 1 - input;
         let affected = Self::distinct(keys);
-        let other_rows = self.load_many(ctx, state, other as u8, &affected, JOIN_KEY_BY_KEY)?;
-        let other_batch = Self::decode(
-            &self.inputs[other].rows,
-            &self.inputs[other].schema,
-            &other_rows,
-        )?;
+        let other_rows = match self.ranges[other] {
+            Some(range) => self.load_in_range(ctx, state, other, range, &changes.batch, keys)?,
+            None => self.load_many(ctx, state, other as u8, &affected, JOIN_KEY_BY_KEY)?,
+        };
+        let other_batch = self.inputs[other].decode(&other_rows)?;
         self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
         if other_batch.num_rows() == 0 {
             return Ok(ChangeBatch::empty(self.schema.clone()));
@@ -651,11 +641,7 @@ impl Recompute {
             &Self::distinct(&keys),
             LOOKUP_KEY_BY_KEY,
         )?;
-        let table_batch = Self::decode(
-            &self.inputs[table].rows,
-            &self.inputs[table].schema,
-            &table_rows,
-        )?;
+        let table_batch = self.inputs[table].decode(&table_rows)?;
         let mut inputs = vec![RecordBatch::new_empty(self.inputs[0].schema.clone()); 2];
         inputs[stream] = changes.batch;
         inputs[table] = table_batch;
@@ -721,7 +707,7 @@ impl Operator for Recompute {
             return Ok(None);
         }
         let rows = self.load(ctx, state, 0, &[])?;
-        let batch = Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &rows)?;
+        let batch = self.inputs[0].decode(&rows)?;
         let new = self.execute(ctx.session, vec![batch]).await?;
         let (change, new_rows) = self.diff(&[], &new)?;
         if self.merge.is_some() {
@@ -747,8 +733,14 @@ impl Operator for Recompute {
             Partitioning::GroupColumns(_) if self.inverted.is_some() => {
                 "state: running totals per group"
             }
+            Partitioning::GroupColumns(_) if self.extreme.is_some() => {
+                "state: input rows in order of the aggregated column and output row per group"
+            }
             Partitioning::GroupColumns(_) => "state: input rows and output row per group",
             Partitioning::PerKey => "state: input rows and output rows per key",
+            Partitioning::JoinKeys if self.ranges[0].is_some() => {
+                "state: both sides' rows per key, in order of the compared columns"
+            }
             Partitioning::JoinKeys => "state: both sides' rows per key",
             Partitioning::Lookup { .. } => "state: the table side's rows per key",
         };
@@ -804,7 +796,7 @@ impl Recompute {
             }
             return Ok(change);
         }
-        let rows = rows_of(&self.inputs[input].rows, &changes.batch)?;
+        let rows = self.inputs[input].encode(&changes.batch)?;
         if self.partitioning == Partitioning::JoinKeys {
             return self.join(input, &keys, rows, &changes, state, ctx).await;
         }
@@ -818,13 +810,15 @@ impl Recompute {
                 let mut input_rows = Vec::new();
                 let mut old = Vec::new();
                 for key in &affected {
-                    input_rows.extend(self.load(ctx, state, 0, key)?);
+                    match self.extreme {
+                        Some(e) => input_rows.extend(self.load_extreme(ctx, state, e, key)?),
+                        None => input_rows.extend(self.load(ctx, state, 0, key)?),
+                    }
                     old.extend(self.load(ctx, state, OUTPUT_SIDE, key)?);
                     ctx.txn
                         .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, key))?;
                 }
-                let batch =
-                    Self::decode(&self.inputs[0].rows, &self.inputs[0].schema, &input_rows)?;
+                let batch = self.inputs[0].decode(&input_rows)?;
                 let new = self.execute(ctx.session, vec![batch]).await?;
                 self.replace_groups(ctx, state, &old, &new)
             }
@@ -834,7 +828,7 @@ impl Recompute {
                     let mut inputs = Vec::with_capacity(self.inputs.len());
                     for (side, codec) in self.inputs.iter().enumerate() {
                         let rows = self.load(ctx, state, side as u8, key)?;
-                        inputs.push(Self::decode(&codec.rows, &codec.schema, &rows)?);
+                        inputs.push(codec.decode(&rows)?);
                     }
                     let old = self.load(ctx, state, OUTPUT_SIDE, key)?;
                     let new = self.execute(ctx.session, inputs).await?;

@@ -415,11 +415,9 @@ impl Recompute {
         }
         let mut smallest = i64::MAX;
         if !rows.is_empty() {
-            let parser = codec.rows.parser();
-            let columns = codec
-                .rows
-                .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-            let times = micros_of(&columns[e.column])?;
+            let counted: Vec<(Vec<u8>, i64)> = rows.iter().map(|r| (r.to_vec(), 1)).collect();
+            let columns = codec.decode(&counted)?;
+            let times = micros_of(columns.column(e.column))?;
             let mut expired = 0;
             for ((k, v), t) in entries.iter().zip(times) {
                 match t {
