@@ -41,6 +41,7 @@ use crate::{OpContext, Operator};
 mod codec;
 mod event_time;
 mod invert;
+mod join;
 mod ordered;
 use codec::{decode_rows, InputCodec};
 pub use event_time::{micros_of, Bound, EventTime, Expiry, WindowClose, WATERMARK_COLUMN};
@@ -116,9 +117,8 @@ pub struct Recompute {
     /// The state the watermark closes, if any.
     event_time: Option<EventTime>,
     slot_state: std::sync::Mutex<event_time::Slots>,
-    /// An inner join: a change joins the other side as it is, no before
-    /// and after.
-    inner_join: bool,
+    /// The join's type, for a join of kept sides.
+    join_type: Option<JoinType>,
     /// Roughly how many rows each input side holds (counted since the
     /// process started: decides between reading keys one by one and
     /// reading a whole side).
@@ -200,8 +200,10 @@ impl Recompute {
             )?,
             _ => None,
         };
-        let inner_join = partitioning == Partitioning::JoinKeys
-            && matches!(&plan, LogicalPlan::Join(j) if j.join_type == JoinType::Inner);
+        let join_type = match (&plan, partitioning) {
+            (LogicalPlan::Join(j), Partitioning::JoinKeys) => Some(j.join_type),
+            _ => None,
+        };
         let extreme = match partitioning {
             Partitioning::GroupColumns(_) => ordered::extreme_of(&plan),
             _ => None,
@@ -210,9 +212,9 @@ impl Recompute {
             // NULLs where the extreme is not looked for.
             codecs[0].lead_with(e.column, e.max)?;
         }
-        let ranges = match inner_join {
-            true => ordered::ranges_of(&plan),
-            false => [None, None],
+        let ranges = match join_type {
+            Some(_) => ordered::ranges_of(&plan),
+            None => [None, None],
         };
         for (codec, range) in codecs.iter_mut().zip(&ranges) {
             if let Some(range) = range {
@@ -220,7 +222,7 @@ impl Recompute {
             }
         }
         Ok(Recompute {
-            inner_join,
+            join_type,
             extreme,
             ranges,
             inverted: None,
@@ -528,125 +530,6 @@ impl Recompute {
             .filter(|k| seen.insert(k.as_slice()))
             .cloned()
             .collect()
-    }
-
-    /// A change of one side of a join: the touched keys' rows joined before
-    /// and after it, and the difference.
-    async fn join(
-        &self,
-        input: usize,
-        keys: &[Vec<u8>],
-        rows: Vec<Vec<u8>>,
-        changes: &ChangeBatch,
-        state: &[u8],
-        ctx: &mut OpContext<'_>,
-    ) -> Result<ChangeBatch> {
-        if self.inner_join {
-            return self
-                .inner_join_delta(input, keys, rows, changes, state, ctx)
-                .await;
-        }
-        let affected = Self::distinct(keys);
-        let mut before = Vec::with_capacity(self.inputs.len());
-        for (side, codec) in self.inputs.iter().enumerate() {
-            let rows = self.load_many(ctx, state, side as u8, &affected, JOIN_KEY_BY_KEY)?;
-            before.push(codec.decode(&rows)?);
-        }
-        self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
-        let changed = self.load_many(ctx, state, input as u8, &affected, JOIN_KEY_BY_KEY)?;
-        let mut after = before.clone();
-        after[input] = self.inputs[input].decode(&changed)?;
-        let old = self.execute(ctx.session, before).await?;
-        let new = self.execute(ctx.session, after).await?;
-        let old: Vec<(Vec<u8>, i64)> = rows_of(&self.output_rows, &old)?
-            .into_iter()
-            .map(|r| (r, 1))
-            .collect();
-        Ok(self.diff(&old, &new)?.0)
-    }
-
-    /// A change of one side of an inner join: the change itself joined
-    /// with the other side's rows of the touched keys (an inner join is
-    /// linear in each input), inserts and deletes apart.
-    async fn inner_join_delta(
-        &self,
-        input: usize,
-        keys: &[Vec<u8>],
-        rows: Vec<Vec<u8>>,
-        changes: &ChangeBatch,
-        state: &[u8],
-        ctx: &mut OpContext<'_>,
-    ) -> Result<ChangeBatch> {
-        let other = 1 - input;
-        let affected = Self::distinct(keys);
-        let other_rows = match self.ranges[other] {
-            Some(range) => self.load_in_range(ctx, state, other, range, &changes.batch, keys)?,
-            None => self.load_many(ctx, state, other as u8, &affected, JOIN_KEY_BY_KEY)?,
-        };
-        let other_batch = self.inputs[other].decode(&other_rows)?;
-        self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
-        if other_batch.num_rows() == 0 {
-            return Ok(ChangeBatch::empty(self.schema.clone()));
-        }
-        let parts: Vec<(RecordBatch, i8)> = if changes.is_append_only() {
-            vec![(changes.batch.clone(), 1)]
-        } else {
-            let positive: datafusion::arrow::array::BooleanArray = (0..changes.num_rows())
-                .map(|i| Some(changes.sign(i) > 0))
-                .collect();
-            let negative = datafusion::arrow::compute::not(&positive)?;
-            vec![
-                (
-                    datafusion::arrow::compute::filter_record_batch(&changes.batch, &positive)?,
-                    1,
-                ),
-                (
-                    datafusion::arrow::compute::filter_record_batch(&changes.batch, &negative)?,
-                    -1,
-                ),
-            ]
-        };
-        let mut out = Vec::with_capacity(parts.len());
-        for (part, sign) in parts {
-            if part.num_rows() == 0 {
-                continue;
-            }
-            let mut inputs = vec![RecordBatch::new_empty(self.inputs[input].schema.clone()); 2];
-            inputs[input] = part;
-            inputs[other] = other_batch.clone();
-            let joined = self.execute(ctx.session, inputs).await?;
-            let n = joined.num_rows();
-            out.push(if sign > 0 {
-                ChangeBatch::inserts(joined)
-            } else {
-                ChangeBatch::new(joined, vec![-1; n])
-            });
-        }
-        ChangeBatch::concat(self.schema.clone(), &out)
-    }
-
-    async fn lookup(
-        &self,
-        stream: usize,
-        changes: ChangeBatch,
-        state: &[u8],
-        ctx: &mut OpContext<'_>,
-    ) -> Result<ChangeBatch> {
-        let table = 1 - stream;
-        let keys = self.keys_of(stream, &changes.batch)?;
-        let table_rows = self.load_many(
-            ctx,
-            state,
-            table as u8,
-            &Self::distinct(&keys),
-            LOOKUP_KEY_BY_KEY,
-        )?;
-        let table_batch = self.inputs[table].decode(&table_rows)?;
-        let mut inputs = vec![RecordBatch::new_empty(self.inputs[0].schema.clone()); 2];
-        inputs[stream] = changes.batch;
-        inputs[table] = table_batch;
-        let out = self.execute(ctx.session, inputs).await?;
-        Ok(ChangeBatch::inserts(out))
     }
 }
 

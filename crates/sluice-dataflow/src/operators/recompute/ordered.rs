@@ -5,7 +5,7 @@
 //!   column, over an input that retracts: its rows of a group are in that
 //!   column's order, so the group's answer needs only the last (first) row.
 //!   NULLs sort where they are skipped.
-//! - An inner join whose condition compares a column of each side
+//! - A join whose condition compares a column of each side
 //!   (`a.x >= b.y`, as in Nexmark q5's `num >= maxn`): each side's rows of a
 //!   key are in the order of its compared column, so a change reads only
 //!   the other side's rows the comparison can hold for.
@@ -13,7 +13,7 @@
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::Column;
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
+use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use sluice_common::Result;
 use sluice_state::prefix_successor;
 
@@ -82,14 +82,15 @@ pub(super) fn extreme_of(plan: &LogicalPlan) -> Option<Extreme> {
     Some(Extreme { max, column })
 }
 
-/// For each side of an inner join, the range its rows are read by: from
-/// the first comparison of the condition between a column of each side
-/// (of the same type).
+/// For each side of a join, the range its rows are read by: from the first
+/// comparison of the condition between a column of each side (of the same
+/// type). A row outside it meets none of the changed rows of the other
+/// side, whatever the join type.
 pub(super) fn ranges_of(plan: &LogicalPlan) -> [Option<Range>; 2] {
     let LogicalPlan::Join(j) = plan else {
         return [None, None];
     };
-    let Some(filter) = j.filter.as_ref().filter(|_| j.join_type == JoinType::Inner) else {
+    let Some(filter) = j.filter.as_ref() else {
         return [None, None];
     };
     let (left, right) = (j.left.schema(), j.right.schema());
