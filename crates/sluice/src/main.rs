@@ -80,6 +80,14 @@ enum BenchCommand {
         /// Compare each view with the batch result and fail on any difference.
         #[arg(long)]
         check: bool,
+        /// RocksDB block cache of each query's process, MiB (as `serve
+        /// --state-cache-mb`).
+        #[arg(long, value_name = "MIB", default_value_t = 256)]
+        state_cache_mb: usize,
+        /// State each operator task keeps cached in memory, MiB (as `serve
+        /// --operator-cache-mb`).
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        operator_cache_mb: usize,
         /// Where to write the JSON reports [default: benchmarks/results/nexmark-EVENTS.json].
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -208,6 +216,8 @@ fn main() -> anyhow::Result<()> {
                     event_rate,
                     parallelism,
                     check,
+                    state_cache_mb,
+                    operator_cache_mb,
                     output,
                     one,
                 },
@@ -218,6 +228,8 @@ fn main() -> anyhow::Result<()> {
                 event_rate: event_rate.max(1),
                 parallelism: parallelism.clamp(1, 64),
                 check,
+                state_cache_mb: state_cache_mb.max(1),
+                operator_cache_mb,
             };
             if let Some(query) = one {
                 let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

@@ -81,6 +81,10 @@ pub struct Settings {
     pub parallelism: usize,
     /// Compare the view with the batch result.
     pub check: bool,
+    /// RocksDB block cache, MiB.
+    pub state_cache_mb: usize,
+    /// Each operator task's state cache, MiB.
+    pub operator_cache_mb: usize,
 }
 
 /// What one query measured.
@@ -190,8 +194,15 @@ pub async fn run_query(name: &str, s: &Settings) -> anyhow::Result<QueryReport> 
     let (file, kinds) = lookup(name)?;
     let sql = query_sql(file);
     let dir = tempfile::tempdir()?;
-    let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
-    let engine = Engine::open(store, DataflowOptions::default()).await?;
+    let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open_with_cache(
+        dir.path(),
+        s.state_cache_mb << 20,
+    )?);
+    let options = DataflowOptions {
+        operator_cache_bytes: s.operator_cache_mb << 20,
+        ..DataflowOptions::default()
+    };
+    let engine = Engine::open(store, options).await?;
     for kind in kinds {
         run_sql(&engine, &stream_ddl(*kind, s)?).await?;
     }
@@ -349,6 +360,8 @@ pub fn run_all(queries: &[String], s: &Settings) -> anyhow::Result<Vec<QueryRepo
             .args(["--events", &s.events.to_string()])
             .args(["--event-rate", &s.event_rate.to_string()])
             .args(["--parallelism", &s.parallelism.to_string()])
+            .args(["--state-cache-mb", &s.state_cache_mb.to_string()])
+            .args(["--operator-cache-mb", &s.operator_cache_mb.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if s.check {
