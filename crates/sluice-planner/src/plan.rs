@@ -17,8 +17,8 @@ use datafusion::prelude::SessionContext;
 use sluice_catalog::{state_prefix, Catalog};
 use sluice_common::{Result, SluiceError};
 use sluice_dataflow::operators::{
-    invertible_type, EventTime, Inverted, Map, Merge, Partitioning, Recompute, RecomputeInput,
-    Total, Union, WindowClose,
+    invertible_type, plain_aggregate, EventTime, Inverted, Map, Merge, Partitioning, Recompute,
+    RecomputeInput, Total, Union, WindowClose,
 };
 use sluice_dataflow::Node;
 use sluice_sql::RelationKind;
@@ -520,16 +520,9 @@ impl Builder<'_> {
     ) -> Result<Option<Vec<Inverted>>> {
         let mut out = Vec::with_capacity(aggregates.len());
         for e in aggregates {
-            let e = match e {
-                Expr::Alias(a) => a.expr.as_ref(),
-                e => e,
-            };
-            let Expr::AggregateFunction(f) = e else {
+            let Some(f) = plain_aggregate(e) else {
                 return Ok(None);
             };
-            if f.params.distinct || f.params.filter.is_some() || !f.params.order_by.is_empty() {
-                return Ok(None);
-            }
             let total = match f.func.name() {
                 "count" => Total::Count,
                 "sum" => Total::Sum,
@@ -562,16 +555,7 @@ fn mergeable(aggregates: &[Expr]) -> Option<Vec<Merge>> {
     aggregates
         .iter()
         .map(|e| {
-            let e = match e {
-                Expr::Alias(a) => a.expr.as_ref(),
-                e => e,
-            };
-            let Expr::AggregateFunction(f) = e else {
-                return None;
-            };
-            if f.params.distinct || f.params.filter.is_some() || !f.params.order_by.is_empty() {
-                return None;
-            }
+            let f = plain_aggregate(e)?;
             match f.func.name() {
                 "count" | "sum" => Some(Merge::Sum),
                 "min" => Some(Merge::Min),

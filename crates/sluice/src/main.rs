@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use sluice_common::{AuthMethod, Config};
 
 /// The engine allocates many small buffers per change (encoded rows and
-/// state keys); mimalloc serves them several times cheaper than glibc's
-/// allocator under two threads.
+/// state keys); with mimalloc instead of glibc's allocator, Nexmark q4 and
+/// q5 run 40-60 % more events per CPU second (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -82,11 +82,11 @@ enum BenchCommand {
         check: bool,
         /// RocksDB block cache of each query's process, MiB (as `serve
         /// --state-cache-mb`).
-        #[arg(long, value_name = "MIB", default_value_t = 256)]
+        #[arg(long, value_name = "MIB", default_value_t = Config::default().state_cache_mb)]
         state_cache_mb: usize,
         /// State each operator task keeps cached in memory, MiB (as `serve
         /// --operator-cache-mb`).
-        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        #[arg(long, value_name = "MIB", default_value_t = Config::default().operator_cache_mb)]
         operator_cache_mb: usize,
         /// Where to write the JSON reports [default: benchmarks/results/nexmark-EVENTS.json].
         #[arg(long, value_name = "FILE")]

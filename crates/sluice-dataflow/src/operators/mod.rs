@@ -9,8 +9,8 @@ mod union;
 
 pub use map::Map;
 pub use recompute::{
-    invertible_type, micros_of, Bound, EventTime, Expiry, Inverted, Merge, Partitioning, Recompute,
-    RecomputeInput, Total, WindowClose, WATERMARK_COLUMN,
+    invertible_type, micros_of, plain_aggregate, Bound, EventTime, Expiry, Inverted, Merge,
+    Partitioning, Recompute, RecomputeInput, Total, WindowClose, WATERMARK_COLUMN,
 };
 pub use session::{Session, SessionColumn, SessionSpec};
 pub use temporal::{TemporalJoin, TemporalSpec};

@@ -15,10 +15,8 @@
 //! <row>` -> multiplicity (i64); side 0 and 1 are the inputs, side 2 the
 //! output. Keys and rows are `arrow-row` encoded.
 //!
-//! Joins of tables and views keep only their inputs: the touched keys' rows
-//! are joined before and after the change, in one query each. Lookup joins
-//! (stream JOIN table) keep only the table side: each stream change is
-//! joined with the table's current rows and never revised.
+//! Joins keep only their inputs ([`join`]); an input may keep its rows in
+//! the order of one column, to be read by range ([`ordered`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +44,7 @@ mod ordered;
 use codec::{decode_rows, InputCodec};
 pub use event_time::{micros_of, Bound, EventTime, Expiry, WindowClose, WATERMARK_COLUMN};
 pub use invert::{invertible_type, Inverted, Total};
+pub use ordered::plain_aggregate;
 use ordered::{Extreme, Range};
 
 const OUTPUT_SIDE: u8 = 2;
@@ -129,8 +128,8 @@ pub struct Recompute {
     /// A GROUP BY of only `max` (or only `min`) of one column: its input
     /// rows are kept in that column's order and only the extreme is read.
     extreme: Option<Extreme>,
-    /// An inner join comparing a column of each side: each side's rows in
-    /// that column's order, read by range.
+    /// A join comparing a column of each side: each side's rows in that
+    /// column's order, read by range.
     ranges: [Option<Range>; 2],
 }
 
@@ -443,14 +442,6 @@ impl Recompute {
         Ok(rows)
     }
 
-    fn decode(
-        converter: &RowConverter,
-        schema: &SchemaRef,
-        rows: &[(Vec<u8>, i64)],
-    ) -> Result<RecordBatch> {
-        decode_rows(converter, schema, rows)
-    }
-
     /// Runs the node's plan over these rows of its inputs.
     async fn execute(
         &self,
@@ -513,7 +504,7 @@ impl Recompute {
             .map(|(r, n)| (r.to_vec(), n))
             .collect();
         changed.sort();
-        let batch = Self::decode(&self.output_rows, &self.schema, &changed)?;
+        let batch = decode_rows(&self.output_rows, &self.schema, &changed)?;
         let mut signs = Vec::with_capacity(batch.num_rows());
         for (_, n) in &changed {
             signs.extend(std::iter::repeat_n(
@@ -669,7 +660,7 @@ impl Recompute {
                 .map(|row| (row, 1))
                 .collect();
             let partial = self.execute(ctx.session, vec![changes.batch]).await?;
-            let old_batch = Self::decode(&self.output_rows, &self.schema, &old)?;
+            let old_batch = decode_rows(&self.output_rows, &self.schema, &old)?;
             let parts = concat_batches(&self.schema, [&old_batch, &partial])?;
             let new = self.merge_rows(ctx.session, merge, parts).await?;
             let (change, new_rows) = self.diff(&old, &new)?;

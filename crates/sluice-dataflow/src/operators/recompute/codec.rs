@@ -95,7 +95,7 @@ impl InputCodec {
     }
 
     /// Encoded rows, each repeated by its multiplicity, as a batch.
-    pub fn decode(&self, rows: &[(Vec<u8>, i64)]) -> Result<RecordBatch> {
+    pub fn decode<R: AsRef<[u8]>>(&self, rows: &[(R, i64)]) -> Result<RecordBatch> {
         let stored = decode_rows(&self.rows, &self.stored, rows)?;
         let mut columns: Vec<Option<ArrayRef>> = vec![None; self.order.len()];
         for (position, column) in self.order.iter().enumerate() {
@@ -126,10 +126,10 @@ fn converter_of(
 }
 
 /// Encoded rows (each repeated by its multiplicity) as a batch of `schema`.
-pub(super) fn decode_rows(
+pub(super) fn decode_rows<R: AsRef<[u8]>>(
     converter: &RowConverter,
     schema: &SchemaRef,
-    rows: &[(Vec<u8>, i64)],
+    rows: &[(R, i64)],
 ) -> Result<RecordBatch> {
     if rows.is_empty() {
         return Ok(RecordBatch::new_empty(schema.clone()));
@@ -140,7 +140,7 @@ pub(super) fn decode_rows(
         return batch_with_rows(schema.clone(), Vec::new(), count);
     }
     let parser = converter.parser();
-    let distinct = converter.convert_rows(rows.iter().map(|(r, _)| parser.parse(r)))?;
+    let distinct = converter.convert_rows(rows.iter().map(|(r, _)| parser.parse(r.as_ref())))?;
     let batch = RecordBatch::try_new(schema.clone(), distinct)?;
     if rows.iter().all(|(_, n)| n.unsigned_abs() == 1) {
         return Ok(batch);

@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
-use super::{count_of, split_entry, Recompute, MERGED_SIDE, OUTPUT_SIDE};
+use super::{count_of, decode_rows, split_entry, Recompute, MERGED_SIDE, OUTPUT_SIDE};
 use crate::late::LateRows;
 use crate::OpContext;
 
@@ -386,7 +386,7 @@ impl Recompute {
             return Ok(None);
         }
         closed_rows.sort();
-        let batch = Self::decode(&self.output_rows, &self.schema, &closed_rows)?;
+        let batch = decode_rows(&self.output_rows, &self.schema, &closed_rows)?;
         Ok(Some(ChangeBatch::inserts(batch)))
     }
 
@@ -415,8 +415,8 @@ impl Recompute {
         }
         let mut smallest = i64::MAX;
         if !rows.is_empty() {
-            let counted: Vec<(Vec<u8>, i64)> = rows.iter().map(|r| (r.to_vec(), 1)).collect();
-            let columns = codec.decode(&counted)?;
+            let once: Vec<(&[u8], i64)> = rows.iter().map(|r| (*r, 1)).collect();
+            let columns = codec.decode(&once)?;
             let times = micros_of(columns.column(e.column))?;
             let mut expired = 0;
             for ((k, v), t) in entries.iter().zip(times) {

@@ -77,7 +77,7 @@ impl Recompute {
         };
         if linear_in(join_type, input) {
             return self
-                .linear_join(join_type, input, keys, rows, changes, state, ctx)
+                .linear_join(input, keys, rows, changes, state, ctx)
                 .await;
         }
         let affected = Self::distinct(keys);
@@ -105,10 +105,8 @@ impl Recompute {
 
     /// A change of a side the join is linear in: the change itself joined
     /// with the other side's rows it can meet, inserts and deletes apart.
-    #[allow(clippy::too_many_arguments)]
     async fn linear_join(
         &self,
-        join_type: JoinType,
         input: usize,
         keys: &[Vec<u8>],
         rows: Vec<Vec<u8>>,
@@ -121,7 +119,7 @@ impl Recompute {
         let other_rows = self.load_meeting(ctx, state, other, changes, keys, &affected)?;
         let other_batch = self.inputs[other].decode(&other_rows)?;
         self.apply(ctx, state, input as u8, keys, rows, |i| changes.sign(i))?;
-        if other_batch.num_rows() == 0 && needs_both(join_type) {
+        if other_batch.num_rows() == 0 && self.join_type.is_some_and(needs_both) {
             return Ok(ChangeBatch::empty(self.schema.clone()));
         }
         let parts: Vec<(RecordBatch, i8)> = if changes.is_append_only() {

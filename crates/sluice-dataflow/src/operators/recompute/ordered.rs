@@ -12,6 +12,7 @@
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::Column;
+use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use sluice_common::Result;
@@ -41,7 +42,10 @@ pub(super) struct Range {
     pub from_below: bool,
 }
 
-fn aggregate_column(e: &Expr) -> Option<(bool, &Column)> {
+/// The aggregate call of an aggregate expression (maybe aliased), when it
+/// has no DISTINCT, FILTER or ORDER BY: the shapes whose state can be kept
+/// other than as all input rows (merged, running totals, ordered).
+pub fn plain_aggregate(e: &Expr) -> Option<&AggregateFunction> {
     let e = match e {
         Expr::Alias(a) => a.expr.as_ref(),
         e => e,
@@ -49,9 +53,12 @@ fn aggregate_column(e: &Expr) -> Option<(bool, &Column)> {
     let Expr::AggregateFunction(f) = e else {
         return None;
     };
-    if f.params.distinct || f.params.filter.is_some() || !f.params.order_by.is_empty() {
-        return None;
-    }
+    let plain = !f.params.distinct && f.params.filter.is_none() && f.params.order_by.is_empty();
+    plain.then_some(f)
+}
+
+fn aggregate_column(e: &Expr) -> Option<(bool, &Column)> {
+    let f = plain_aggregate(e)?;
     let max = match f.func.name() {
         "max" => true,
         "min" => false,
