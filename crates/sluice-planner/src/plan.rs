@@ -342,18 +342,30 @@ impl<'a> Builder<'a> {
                             "a stream joins a table as a lookup: use JOIN or LEFT JOIN with the \
                              stream on the left",
                         )),
-                        (false, false, _) => Partitioning::JoinKeys,
+                        // Two views whose rows the watermark closes on both
+                        // sides (a join of windows): their state is freed
+                        // like an interval join's.
+                        (false, false, _) => {
+                            interval = self.closed_join(j)?;
+                            Partitioning::JoinKeys
+                        }
                     };
+                // Keys that the watermark bounds lead, so that what it
+                // frees is a range of keys.
+                let on = match &interval {
+                    Some(_) => self.bounded_first(j)?,
+                    None => j.on.iter().collect(),
+                };
                 let left = self.build(&j.left)?;
                 let right = self.build(&j.right)?;
-                let left_keys =
-                    j.on.iter()
-                        .map(|(l, _)| self.physical(l, j.left.schema()))
-                        .collect::<Result<Vec<_>>>()?;
-                let right_keys =
-                    j.on.iter()
-                        .map(|(_, r)| self.physical(r, j.right.schema()))
-                        .collect::<Result<Vec<_>>>()?;
+                let left_keys = on
+                    .iter()
+                    .map(|(l, _)| self.physical(l, j.left.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                let right_keys = on
+                    .iter()
+                    .map(|(_, r)| self.physical(r, j.right.schema()))
+                    .collect::<Result<Vec<_>>>()?;
                 let kind = if matches!(partitioning, Partitioning::Lookup { .. }) {
                     "LookupJoin"
                 } else if interval.is_some() {
@@ -364,7 +376,7 @@ impl<'a> Builder<'a> {
                 let label = format!(
                     "{kind} {}: on [{}]{}",
                     j.join_type,
-                    j.on.iter()
+                    on.iter()
                         .map(|(l, r)| format!("{l} = {r}"))
                         .collect::<Vec<_>>()
                         .join(", "),
@@ -511,6 +523,53 @@ impl Builder<'_> {
 }
 
 impl Builder<'_> {
+    /// The state expiries of a join of two views when the watermark bounds
+    /// both sides' rows through its condition (windows of both joined on
+    /// `window_start`): a view changes no row whose bounded column is
+    /// below its bound, as its windows have closed, so the rows out of
+    /// reach of the other side's changes can go. `None` otherwise.
+    fn closed_join(
+        &self,
+        j: &datafusion::logical_expr::Join,
+    ) -> Result<Option<Vec<sluice_dataflow::operators::Expiry>>> {
+        let left = bounds(self.catalog, &j.left)?;
+        let right = bounds(self.catalog, &j.right)?;
+        if !has_bound(&left) || !has_bound(&right) {
+            return Ok(None);
+        }
+        let expiries = expiries(
+            self.ctx,
+            j.filter.as_ref(),
+            &j.on,
+            [
+                (j.left.schema().as_ref(), &left),
+                (j.right.schema().as_ref(), &right),
+            ],
+        )?;
+        let bounded = |side: usize| expiries.iter().any(|e| e.side == side);
+        Ok((bounded(0) && bounded(1)).then_some(expiries))
+    }
+
+    /// The join's key pairs, those of two columns the watermark bounds
+    /// first (otherwise in order).
+    fn bounded_first<'j>(
+        &self,
+        j: &'j datafusion::logical_expr::Join,
+    ) -> Result<Vec<&'j (Expr, Expr)>> {
+        let left = bounds(self.catalog, &j.left)?;
+        let right = bounds(self.catalog, &j.right)?;
+        let is_bounded = |e: &Expr, schema: &DFSchemaRef, b: &crate::event_time::Bounds| {
+            matches!(e, Expr::Column(c) if schema
+                .index_of_column(c)
+                .is_ok_and(|i| b.get(i).is_some_and(Option::is_some)))
+        };
+        let mut on: Vec<&(Expr, Expr)> = j.on.iter().collect();
+        on.sort_by_key(|(l, r)| {
+            !(is_bounded(l, j.left.schema(), &left) && is_bounded(r, j.right.schema(), &right))
+        });
+        Ok(on)
+    }
+
     /// The running totals of each aggregate, when all of them are `count`,
     /// or `sum`/`avg` of integers, without DISTINCT, FILTER or ORDER BY.
     fn invertible(

@@ -103,38 +103,53 @@ impl StateTxn {
     /// Every pair with a key in `[start, end)` (`end` `None`: to the last
     /// key), in key order, seeing this transaction's writes.
     pub fn scan_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KeyValue>> {
-        let mut stored: Vec<KeyValue> = Vec::new();
-        self.store.visit_range(start, end, false, &mut |k, v| {
-            stored.push((k.to_vec(), v.to_vec()));
+        let mut out = Vec::new();
+        self.visit_range(start, end, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
             true
         })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` on every pair with a key in `[start, end)`, in key
+    /// order, seeing this transaction's writes, until it returns `false`:
+    /// a scan that holds nothing of what it reads.
+    pub fn visit_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
         let mut overlay = self.overlay.range::<[u8], _>(range(start, end)).peekable();
-        if overlay.peek().is_none() {
-            return Ok(stored);
-        }
+        let mut more = true;
         // Merge two sorted runs; the overlay wins on equal keys.
-        let mut merged = Vec::with_capacity(stored.len());
-        let mut stored = stored.into_iter().peekable();
-        loop {
-            let take_overlay = match (stored.peek(), overlay.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some((s, _)), Some((o, _))) => o.as_slice() <= s.as_slice(),
+        self.store.visit_range(start, end, false, &mut |k, v| {
+            while let Some((o, ov)) = overlay.next_if(|(o, _)| o.as_slice() < k) {
+                if let Some(ov) = ov {
+                    if !visit(o, ov) {
+                        more = false;
+                        return false;
+                    }
+                }
+            }
+            let go = match overlay.next_if(|(o, _)| o.as_slice() == k) {
+                Some((_, Some(ov))) => visit(k, ov),
+                Some((_, None)) => true,
+                None => visit(k, v),
             };
-            if take_overlay {
-                let Some((k, v)) = overlay.next() else { break };
-                if stored.peek().is_some_and(|(s, _)| s == k) {
-                    stored.next();
+            more = go;
+            go
+        })?;
+        if more {
+            for (o, ov) in overlay {
+                if let Some(ov) = ov {
+                    if !visit(o, ov) {
+                        break;
+                    }
                 }
-                if let Some(v) = v {
-                    merged.push((k.clone(), v.clone()));
-                }
-            } else if let Some(kv) = stored.next() {
-                merged.push(kv);
             }
         }
-        Ok(merged)
+        Ok(())
     }
 
     /// The pair with the smallest key in `[start, end)` or (`last`) the
@@ -306,6 +321,19 @@ mod tests {
             ]
         );
         assert_eq!(keys(txn.scan_range(b"r/6", None).expect("tail")).len(), 1);
+        // A visit sees the same merge, and stops when told to, whether it
+        // is in the overlay (r/4) or in the store (r/5).
+        for stop in ["r/4", "r/5", "s/1"] {
+            let mut seen = Vec::new();
+            txn.visit_range(b"r/", None, &mut |k, _| {
+                seen.push(String::from_utf8_lossy(k).into_owned());
+                seen.last().map(String::as_str) != Some(stop)
+            })
+            .expect("visit");
+            let all = ["r/3", "r/4", "r/5", "s/1"];
+            let upto = all.iter().position(|k| *k == stop).expect("stop") + 1;
+            assert_eq!(seen, all[..upto].to_vec());
+        }
         let first = |start: &[u8], end: Option<&[u8]>, last: bool| {
             txn.first_in_range(start, end, last)
                 .expect("first")

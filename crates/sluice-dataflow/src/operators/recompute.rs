@@ -38,6 +38,7 @@ use crate::{OpContext, Operator};
 
 mod codec;
 mod event_time;
+mod expire;
 mod invert;
 mod join;
 mod ordered;

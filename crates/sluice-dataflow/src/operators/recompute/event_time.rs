@@ -10,7 +10,8 @@
 //! column `x` of one side and `y` of the other: a row whose `y + k` is
 //! below the bound of `x` can match no row to come, so it is dropped, and a
 //! new row whose `x` is below the bound at the last expiry is late (what it
-//! would have matched may be gone).
+//! would have matched may be gone). How rows are found and dropped is in
+//! [`super::expire`].
 //!
 //! Each such check is a *slot*: its bound at the last watermark (persisted
 //! under the operator's state, so a restart judges lateness the same way)
@@ -129,17 +130,30 @@ pub enum EventTime {
 pub(super) struct Slots {
     loaded: bool,
     /// The input watermark at the last close.
-    watermark: Option<i64>,
+    pub(super) watermark: Option<i64>,
     /// Each slot's bound at the last close.
-    bounds: Vec<Option<i64>>,
+    pub(super) bounds: Vec<Option<i64>>,
     /// Each slot's smallest value still in state (`None`: unknown).
-    smallest: Vec<Option<i64>>,
+    pub(super) smallest: Vec<Option<i64>>,
+    /// Each slot's expiry scan in progress, if any (see [`super::expire`]).
+    pub(super) passes: Vec<Option<super::expire::Pass>>,
 }
 
-/// Lowers `smallest` (when known) to the smallest of `values`.
-fn keep_smallest(smallest: &mut Option<i64>, values: &[Option<i64>]) {
-    if let (Some(s), Some(min)) = (smallest.as_mut(), values.iter().flatten().min()) {
+/// Lowers `smallest` (when known) to the smallest of `values`, and the
+/// smallest new value of an expiry scan in progress.
+fn keep_smallest(
+    smallest: &mut Option<i64>,
+    pass: Option<&mut super::expire::Pass>,
+    values: &[Option<i64>],
+) {
+    let Some(min) = values.iter().flatten().min() else {
+        return;
+    };
+    if let Some(s) = smallest.as_mut() {
         *s = (*s).min(*min);
+    }
+    if let Some(pass) = pass {
+        pass.smallest = pass.smallest.min(*min);
     }
 }
 
@@ -175,6 +189,7 @@ impl Recompute {
             slots.watermark = values.next().transpose()?.flatten();
             slots.bounds = values.collect::<Result<Vec<_>>>()?;
             slots.smallest = vec![None; n];
+            slots.passes = (0..n).map(|_| None).collect();
             slots.loaded = true;
         }
         Ok(slots)
@@ -208,7 +223,7 @@ impl Recompute {
                     let key = &self.inputs[input].keys[*column];
                     let values = micros_of(&key.evaluate(batch)?.into_array(batch.num_rows())?)?;
                     // New groups that may close later: keep the smallest.
-                    keep_smallest(&mut slots.smallest[slot], &values);
+                    keep_smallest(&mut slots.smallest[slot], None, &values);
                     checks.push((slot, values));
                 }
                 time_column = w.event_time;
@@ -223,7 +238,11 @@ impl Recompute {
                     if e.side == input {
                         // New rows that may expire later: keep the smallest.
                         let values = micros_of(batch.column(e.column))?;
-                        keep_smallest(&mut slots.smallest[slot], &values);
+                        keep_smallest(
+                            &mut slots.smallest[slot],
+                            slots.passes[slot].as_mut(),
+                            &values,
+                        );
                     }
                 }
             }
@@ -388,50 +407,5 @@ impl Recompute {
         closed_rows.sort();
         let batch = decode_rows(&self.output_rows, &self.schema, &closed_rows)?;
         Ok(Some(ChangeBatch::inserts(batch)))
-    }
-
-    fn expire(
-        &self,
-        e: &Expiry,
-        slot: usize,
-        slots: &mut Slots,
-        state: &[u8],
-        ctx: &mut OpContext<'_>,
-    ) -> Result<()> {
-        let Some(bound) = slots.bounds[slot] else {
-            return Ok(());
-        };
-        let cutoff = bound.saturating_sub(e.offset);
-        if slots.smallest[slot].is_some_and(|s| s >= cutoff) {
-            return Ok(());
-        }
-        let codec = &self.inputs[e.side];
-        let mut prefix = state.to_vec();
-        prefix.push(e.side as u8);
-        let entries = ctx.txn.scan_prefix(&prefix)?;
-        let mut rows = Vec::with_capacity(entries.len());
-        for (k, _) in &entries {
-            rows.push(split_entry(&k[prefix.len()..])?.1);
-        }
-        let mut smallest = i64::MAX;
-        if !rows.is_empty() {
-            let once: Vec<(&[u8], i64)> = rows.iter().map(|r| (*r, 1)).collect();
-            let columns = codec.decode(&once)?;
-            let times = micros_of(columns.column(e.column))?;
-            let mut expired = 0;
-            for ((k, v), t) in entries.iter().zip(times) {
-                match t {
-                    Some(t) if t < cutoff => {
-                        expired += count_of(v)?;
-                        ctx.txn.delete(k.clone());
-                    }
-                    Some(t) => smallest = smallest.min(t),
-                    None => {}
-                }
-            }
-            self.forget_rows(e.side, expired);
-        }
-        slots.smallest[slot] = Some(smallest);
-        Ok(())
     }
 }
