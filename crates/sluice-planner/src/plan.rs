@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchemaRef;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 use datafusion::physical_plan::expressions::Column as PhysicalColumn;
@@ -593,8 +593,23 @@ impl Builder<'_> {
                 // count(*) arrives as count(1).
                 [Expr::Literal(v, ..)] if total == Total::Count && !v.is_null() => None,
                 [arg] => {
-                    let data_type =
-                        datafusion::logical_expr::ExprSchemable::get_type(arg, input.as_ref())?;
+                    let type_of = |e: &Expr| {
+                        datafusion::logical_expr::ExprSchemable::get_type(e, input.as_ref())
+                    };
+                    // avg of integers arrives as avg of their cast to
+                    // float; the totals are kept of the integers, and the
+                    // average is the same float.
+                    let arg = match arg {
+                        Expr::Cast(c)
+                            if total == Total::Avg
+                                && c.field.data_type() == &DataType::Float64
+                                && invertible_type(&type_of(&c.expr)?) =>
+                        {
+                            c.expr.as_ref()
+                        }
+                        _ => arg,
+                    };
+                    let data_type = type_of(arg)?;
                     if total != Total::Count && !invertible_type(&data_type) {
                         return Ok(None);
                     }

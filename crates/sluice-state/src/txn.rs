@@ -3,9 +3,10 @@
 //!
 //! An operator of the dataflow keeps one open for its whole life: at each
 //! checkpoint barrier it hands its writes over ([`StateTxn::take_writes`])
-//! and keeps the values it read and wrote as a cache of hot keys, trimmed
+//! and keeps the values it wrote as a cache of hot keys, trimmed
 //! ([`StateTxn::shrink_to`]) once the writes still in flight are all it may
-//! not forget.
+//! not forget. A key written many times between two barriers is one write
+//! in the batch, with its last value.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -16,11 +17,25 @@ use crate::{prefix_successor, KeyValue, Result, StateBackend, WriteBatch, WriteO
 /// Buffered writes over a [`StateBackend`].
 pub struct StateTxn {
     store: Arc<dyn StateBackend>,
-    /// `None` marks a deleted key.
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    batch: WriteBatch,
+    overlay: BTreeMap<Vec<u8>, Cached>,
     /// Roughly how many bytes the overlay holds.
     bytes: usize,
+    /// Whether some entry is dirty.
+    dirty: bool,
+}
+
+/// A value this transaction wrote.
+#[derive(Debug, Clone)]
+struct Cached {
+    /// `None` marks a deleted key.
+    value: Option<Vec<u8>>,
+    /// Written since the writes were last taken.
+    dirty: bool,
+}
+
+/// What an overlay entry of `key` and `value` costs, roughly.
+fn cost(key: &[u8], value: Option<&Vec<u8>>) -> usize {
+    key.len() + value.map_or(0, Vec::len) + ENTRY_OVERHEAD
 }
 
 /// The keys in `[start, end)`, as a range of a map keyed by byte strings.
@@ -48,32 +63,41 @@ impl StateTxn {
         StateTxn {
             store,
             overlay: BTreeMap::new(),
-            batch: WriteBatch::new(),
             bytes: 0,
+            dirty: false,
+        }
+    }
+
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.dirty = true;
+        match self.overlay.get_mut(&key) {
+            Some(cached) => {
+                self.bytes = (self.bytes + value.as_ref().map_or(0, Vec::len))
+                    .saturating_sub(cached.value.as_ref().map_or(0, Vec::len));
+                *cached = Cached { value, dirty: true };
+            }
+            None => {
+                self.bytes += cost(&key, value.as_ref());
+                self.overlay.insert(key, Cached { value, dirty: true });
+            }
         }
     }
 
     /// Sets `key`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
-        self.overlay.insert(key.clone(), Some(value.clone()));
-        self.batch.put(key, value);
+        self.write(key, Some(value));
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.bytes += key.len() + ENTRY_OVERHEAD;
-        self.overlay.insert(key.clone(), None);
-        self.batch.delete(key);
+        self.write(key, None);
     }
 
     /// Removes every key starting with `prefix`.
     pub fn delete_prefix(&mut self, prefix: Vec<u8>) -> Result<()> {
         for (k, _) in self.scan_prefix(&prefix)? {
-            self.bytes += k.len() + ENTRY_OVERHEAD;
-            self.overlay.insert(k, None);
+            self.write(k, None);
         }
-        self.batch.delete_prefix(prefix);
         Ok(())
     }
 
@@ -88,7 +112,7 @@ impl StateTxn {
         Ok(keys
             .iter()
             .map(|k| match self.overlay.get(k) {
-                Some(v) => v.clone(),
+                Some(cached) => cached.value.clone(),
                 None => stored.next().flatten(),
             })
             .collect())
@@ -125,7 +149,7 @@ impl StateTxn {
         // Merge two sorted runs; the overlay wins on equal keys.
         self.store.visit_range(start, end, false, &mut |k, v| {
             while let Some((o, ov)) = overlay.next_if(|(o, _)| o.as_slice() < k) {
-                if let Some(ov) = ov {
+                if let Some(ov) = &ov.value {
                     if !visit(o, ov) {
                         more = false;
                         return false;
@@ -133,8 +157,13 @@ impl StateTxn {
                 }
             }
             let go = match overlay.next_if(|(o, _)| o.as_slice() == k) {
-                Some((_, Some(ov))) => visit(k, ov),
-                Some((_, None)) => true,
+                Some((
+                    _,
+                    Cached {
+                        value: Some(ov), ..
+                    },
+                )) => visit(k, ov),
+                Some(_) => true,
                 None => visit(k, v),
             };
             more = go;
@@ -142,7 +171,7 @@ impl StateTxn {
         })?;
         if more {
             for (o, ov) in overlay {
-                if let Some(ov) = ov {
+                if let Some(ov) = &ov.value {
                     if !visit(o, ov) {
                         break;
                     }
@@ -163,7 +192,7 @@ impl StateTxn {
         let mut live = self
             .overlay
             .range::<[u8], _>(range(start, end))
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k, v)));
         let candidate = if last { live.next_back() } else { live.next() };
         let mut found: Option<KeyValue> = None;
         self.store.visit_range(start, end, last, &mut |k, v| {
@@ -189,9 +218,21 @@ impl StateTxn {
     }
 
     /// Hands over the writes made since the last call (to be committed by
-    /// someone else); their values stay readable here.
+    /// someone else), one per key, in key order; their values stay
+    /// readable here.
     pub fn take_writes(&mut self) -> WriteBatch {
-        std::mem::take(&mut self.batch)
+        let mut batch = WriteBatch::new();
+        if !std::mem::take(&mut self.dirty) {
+            return batch;
+        }
+        for (k, cached) in self.overlay.iter_mut().filter(|(_, c)| c.dirty) {
+            cached.dirty = false;
+            match &cached.value {
+                Some(v) => batch.put(k.clone(), v.clone()),
+                None => batch.delete(k.clone()),
+            }
+        }
+        batch
     }
 
     /// Roughly how many bytes of keys and values this transaction holds.
@@ -200,10 +241,10 @@ impl StateTxn {
     }
 
     /// Forgets every cached value except the keys `inflight` writes (taken
-    /// but maybe not yet committed): call it only when every earlier batch
-    /// of writes is in the store.
+    /// but maybe not yet committed) and the writes not yet taken: call it
+    /// only when every earlier batch of writes is in the store.
     pub fn shrink_to(&mut self, inflight: &WriteBatch) {
-        let mut keep: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut keep: BTreeMap<Vec<u8>, Cached> = BTreeMap::new();
         for op in inflight.ops() {
             match op {
                 WriteOp::Put(k, _) | WriteOp::Delete(k) => {
@@ -230,26 +271,19 @@ impl StateTxn {
             }
         }
         // Writes not yet taken stay too.
-        for op in self.batch.ops() {
-            if let WriteOp::Put(k, _) | WriteOp::Delete(k) = op {
-                if let Some((k, v)) = self.overlay.remove_entry(k) {
-                    keep.insert(k, v);
-                }
-            }
-        }
-        self.bytes = keep
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD)
-            .sum();
+        let overlay = std::mem::take(&mut self.overlay);
+        keep.extend(overlay.into_iter().filter(|(_, c)| c.dirty));
+        self.bytes = keep.iter().map(|(k, c)| cost(k, c.value.as_ref())).sum();
         self.overlay = keep;
     }
 
     /// Writes everything, atomically and durably.
-    pub fn commit(self) -> Result<()> {
-        if self.batch.is_empty() {
+    pub fn commit(mut self) -> Result<()> {
+        let batch = self.take_writes();
+        if batch.is_empty() {
             return Ok(());
         }
-        self.store.write(self.batch)
+        self.store.write(batch)
     }
 }
 
@@ -345,6 +379,40 @@ mod tests {
         assert_eq!(first(b"r/6", Some(b"r0"), true), None);
         assert_eq!(first(b"r/35", Some(b"r/45"), true), Some("r/4".into()));
         assert_eq!(first(b"s/", None, false), Some("s/1".into()));
+    }
+
+    #[test]
+    fn a_key_written_many_times_is_one_write_with_its_last_value() {
+        let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        let mut seed = WriteBatch::new();
+        seed.put(b"p/old".to_vec(), b"0".to_vec());
+        store.write(seed).expect("seed");
+        let mut txn = StateTxn::new(store.clone());
+        for i in 0..100u8 {
+            txn.put(b"k/hot".to_vec(), vec![i]);
+        }
+        txn.put(b"k/gone".to_vec(), b"x".to_vec());
+        txn.delete(b"k/gone".to_vec());
+        txn.put(b"p/new".to_vec(), b"1".to_vec());
+        txn.delete_prefix(b"p/".to_vec()).expect("delete prefix");
+        let writes = txn.take_writes();
+        assert_eq!(
+            writes.ops(),
+            &[
+                WriteOp::Delete(b"k/gone".to_vec()),
+                WriteOp::Put(b"k/hot".to_vec(), vec![99]),
+                WriteOp::Delete(b"p/new".to_vec()),
+                WriteOp::Delete(b"p/old".to_vec()),
+            ]
+        );
+        // Taken writes are not taken again; the cache counts each key once.
+        assert!(txn.take_writes().is_empty());
+        assert!(txn.cached_bytes() < 4 * (8 + ENTRY_OVERHEAD));
+        store.write(writes).expect("commit");
+        assert_eq!(
+            store.scan_prefix(b"").expect("scan"),
+            vec![(b"k/hot".to_vec(), vec![99])]
+        );
     }
 
     #[test]

@@ -59,6 +59,8 @@ const LOOKUP_KEY_BY_KEY: usize = 32;
 /// touch few keys.
 const JOIN_KEY_BY_KEY: usize = 4096;
 const SCRATCH: &str = "__sluice_input";
+/// How many rows each input side holds: `<5>` -> two `i64`s.
+const SIZES_SIDE: u8 = 5;
 
 /// How an input's rows are partitioned for recomputation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,10 +121,10 @@ pub struct Recompute {
     slot_state: std::sync::Mutex<event_time::Slots>,
     /// The join's type, for a join of kept sides.
     join_type: Option<JoinType>,
-    /// Roughly how many rows each input side holds (counted since the
-    /// process started: decides between reading keys one by one and
-    /// reading a whole side).
-    sizes: std::sync::Mutex<[i64; 2]>,
+    /// Roughly how many rows each input side holds (decides between
+    /// reading keys one by one and reading a whole side), kept in state
+    /// under [`SIZES_SIDE`].
+    sizes: std::sync::Mutex<Option<[i64; 2]>>,
     /// For GROUP BY (not on a window) over an input that retracts, with
     /// only count, sum and avg of integers: keep running totals per group.
     inverted: Option<Vec<Inverted>>,
@@ -338,13 +340,55 @@ impl Recompute {
         (usize::from(side) < self.inputs.len().min(2)).then_some(usize::from(side))
     }
 
-    /// Notes that `n` rows left `side` (expired).
-    pub(super) fn forget_rows(&self, side: usize, n: i64) {
-        if let Ok(mut sizes) = self.sizes.lock() {
-            if side < 2 {
-                sizes[side] -= n;
-            }
+    /// Roughly how many rows input `side` holds.
+    fn side_size(&self, side: usize, ctx: &OpContext<'_>, state: &[u8]) -> Result<i64> {
+        Ok(self
+            .with_sizes(ctx, state, |sizes| sizes.get(side).copied())?
+            .unwrap_or(0))
+    }
+
+    /// Notes that `n` rows joined input `side` (negative: left it).
+    pub(super) fn count_rows(
+        &self,
+        side: usize,
+        n: i64,
+        ctx: &mut OpContext<'_>,
+        state: &[u8],
+    ) -> Result<()> {
+        if n == 0 || self.side_rows(side as u8).is_none() {
+            return Ok(());
         }
+        let sizes = self.with_sizes(ctx, state, |sizes| {
+            sizes[side] += n;
+            *sizes
+        })?;
+        let mut value = sizes[0].to_be_bytes().to_vec();
+        value.extend_from_slice(&sizes[1].to_be_bytes());
+        ctx.txn
+            .put(super::state_keys::side_prefix(state, SIZES_SIDE), value);
+        Ok(())
+    }
+
+    /// Runs `f` on the sides' sizes, read from state the first time.
+    fn with_sizes<R>(
+        &self,
+        ctx: &OpContext<'_>,
+        state: &[u8],
+        f: impl FnOnce(&mut [i64; 2]) -> R,
+    ) -> Result<R> {
+        let mut sizes = self
+            .sizes
+            .lock()
+            .map_err(|_| SluiceError::internal("sizes lock poisoned"))?;
+        if sizes.is_none() {
+            let key = super::state_keys::side_prefix(state, SIZES_SIDE);
+            let stored = ctx.txn.multi_get(&[key])?.pop().flatten();
+            *sizes = Some(match stored {
+                Some(b) if b.len() == 16 => [count_of(&b[..8])?, count_of(&b[8..])?],
+                _ => [0, 0],
+            });
+        }
+        Ok(f(sizes.get_or_insert([0, 0])))
     }
 
     fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
@@ -372,11 +416,7 @@ impl Recompute {
             k.extend_from_slice(&row);
             *deltas.entry(k).or_default() += i64::from(signs(i));
         }
-        if let Some(size) = self.side_rows(side) {
-            if let Ok(mut sizes) = self.sizes.lock() {
-                sizes[size] += deltas.values().sum::<i64>();
-            }
-        }
+        self.count_rows(usize::from(side), deltas.values().sum::<i64>(), ctx, state)?;
         let ks: Vec<Vec<u8>> = deltas.keys().cloned().collect();
         let current = ctx.txn.multi_get(&ks)?;
         for (k, old) in ks.into_iter().zip(current) {
@@ -419,10 +459,7 @@ impl Recompute {
     ) -> Result<Vec<(Vec<u8>, i64)>> {
         // Many keys of a large side are still fewer reads key by key than
         // reading the whole side.
-        let size = self
-            .side_rows(side)
-            .and_then(|i| self.sizes.lock().ok().map(|s| s[i]))
-            .unwrap_or(0);
+        let size = self.side_size(usize::from(side), ctx, state)?;
         if keys.len() <= key_by_key || (keys.len() as i64).saturating_mul(8) < size {
             let mut rows = Vec::new();
             for key in keys {

@@ -117,7 +117,7 @@ impl Recompute {
                 expired += n?;
                 ctx.txn.delete(k);
             }
-            self.forget_rows(e.side, expired);
+            self.count_rows(e.side, -expired, ctx, state)?;
             slots.smallest[slot] = Some(cutoff);
             return Ok(());
         }
@@ -191,7 +191,7 @@ impl Recompute {
         for k in doomed {
             ctx.txn.delete(k);
         }
-        self.forget_rows(e.side, expired);
+        self.count_rows(e.side, -expired, ctx, state)?;
         match stopped_after {
             Some(mut last) => {
                 // The next key after `last`.

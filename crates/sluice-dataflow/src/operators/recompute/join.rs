@@ -57,6 +57,13 @@ impl Recompute {
         affected: &[Vec<u8>],
     ) -> Result<Vec<(Vec<u8>, i64)>> {
         match self.ranges[side] {
+            // A side with fewer rows than the change has keys (q7's maximum
+            // per window) is read whole: one scan, not a range read per
+            // key. Rows outside the range meet nothing, and the join's
+            // condition leaves them out.
+            Some(_) if self.side_size(side, ctx, state)? <= affected.len() as i64 => {
+                self.load_many(ctx, state, side as u8, affected, 0)
+            }
             Some(range) => self.load_in_range(ctx, state, side, range, &changes.batch, keys),
             None => self.load_many(ctx, state, side as u8, affected, JOIN_KEY_BY_KEY),
         }
