@@ -35,6 +35,8 @@ use crate::OpContext;
 /// Encoded rows with their multiplicities.
 type Rows = Vec<(Vec<u8>, i64)>;
 
+/// How many groups a window close sorts at once.
+const CLOSE_CHUNK: usize = 4096;
 /// Where the slots' bounds are kept, under the operator's prefix.
 const SLOT_SIDE: u8 = 3;
 /// The column of the one-row batch a [`Bound`] is evaluated on.
@@ -345,59 +347,91 @@ impl Recompute {
         let merged = self.merge.is_some();
         let mut prefix = state.to_vec();
         prefix.push(if merged { MERGED_SIDE } else { OUTPUT_SIDE });
-        // Group the output side's entries by key.
-        let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
-        for (k, v) in ctx.txn.scan_prefix(&prefix)? {
-            let (key, row) = split_entry(&k[prefix.len()..])?;
-            if merged {
-                // One row per group, in the value.
-                groups.push((key.to_vec(), vec![(v, 1)]));
-                continue;
-            }
-            match groups.last_mut() {
-                Some((last, rows)) if last.as_slice() == key => {
-                    rows.push((row.to_vec(), count_of(&v)?))
-                }
-                _ => groups.push((key.to_vec(), vec![(row.to_vec(), count_of(&v)?)])),
-            }
-        }
-        let mut smallest: Vec<Option<i64>> = vec![Some(i64::MAX); window.columns.len()];
-        if groups.is_empty() {
-            slots.smallest = smallest;
-            return Ok(None);
-        }
+        let end = sluice_state::prefix_successor(&prefix);
         let parser = key_codec.parser();
-        let key_columns = key_codec.convert_rows(groups.iter().map(|(k, _)| parser.parse(k)))?;
-        let values: Vec<Vec<Option<i64>>> = window
-            .columns
-            .iter()
-            .map(|(c, _)| micros_of(&key_columns[*c]))
-            .collect::<Result<_>>()?;
-        let mut closed_rows = Vec::new();
-        for (g, (key, rows)) in groups.into_iter().enumerate() {
-            let closed = values
+        let mut smallest: Vec<Option<i64>> = vec![Some(i64::MAX); window.columns.len()];
+        let mut closed: Vec<Vec<u8>> = Vec::new();
+        let mut closed_rows: Rows = Vec::new();
+        // Sorts complete groups into closed and open, a chunk at a time, so
+        // the scan holds only what closes.
+        let mut sort = |groups: &mut Vec<(Vec<u8>, Rows)>| -> Result<()> {
+            if groups.is_empty() {
+                return Ok(());
+            }
+            let key_columns =
+                key_codec.convert_rows(groups.iter().map(|(k, _)| parser.parse(k)))?;
+            let values: Vec<Vec<Option<i64>>> = window
+                .columns
                 .iter()
-                .enumerate()
-                .any(|(slot, v)| matches!((v[g], slots.bounds[slot]), (Some(v), Some(b)) if v < b));
-            if closed {
-                if merged {
-                    ctx.txn
-                        .delete(Self::partition_prefix(state, MERGED_SIDE, &key));
+                .map(|(c, _)| micros_of(&key_columns[*c]))
+                .collect::<Result<_>>()?;
+            for (g, (key, rows)) in groups.drain(..).enumerate() {
+                let is_closed = values.iter().enumerate().any(
+                    |(slot, v)| matches!((v[g], slots.bounds[slot]), (Some(v), Some(b)) if v < b),
+                );
+                if is_closed {
+                    closed.push(key);
+                    if window.emit_on_close {
+                        closed_rows.extend(rows);
+                    }
                 } else {
-                    ctx.txn
-                        .delete_prefix(Self::partition_prefix(state, 0, &key))?;
-                    ctx.txn
-                        .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, &key))?;
-                }
-                if window.emit_on_close {
-                    closed_rows.extend(rows);
-                }
-            } else {
-                for (slot, v) in values.iter().enumerate() {
-                    if let (Some(v), Some(s)) = (v[g], &mut smallest[slot]) {
-                        *s = (*s).min(v);
+                    for (slot, v) in values.iter().enumerate() {
+                        if let (Some(v), Some(s)) = (v[g], &mut smallest[slot]) {
+                            *s = (*s).min(v);
+                        }
                     }
                 }
+            }
+            Ok(())
+        };
+        // The output side's entries, grouped by key; the last group may
+        // go on in the next entries.
+        let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
+        let mut failed: Option<SluiceError> = None;
+        ctx.txn.visit_range(&prefix, end.as_deref(), &mut |k, v| {
+            let entry = split_entry(&k[prefix.len()..]).and_then(|(key, row)| {
+                if merged {
+                    // One row per group, in the value.
+                    return Ok((key, v.to_vec(), 1));
+                }
+                Ok((key, row.to_vec(), count_of(v)?))
+            });
+            let (key, row, n) = match entry {
+                Ok(e) => e,
+                Err(err) => {
+                    failed = Some(err);
+                    return false;
+                }
+            };
+            match groups.last_mut() {
+                Some((last, rows)) if last.as_slice() == key => rows.push((row, n)),
+                _ => {
+                    if groups.len() > CLOSE_CHUNK {
+                        let open = groups.pop();
+                        if let Err(err) = sort(&mut groups) {
+                            failed = Some(err);
+                            return false;
+                        }
+                        groups.extend(open);
+                    }
+                    groups.push((key.to_vec(), vec![(row, n)]));
+                }
+            }
+            true
+        })?;
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        sort(&mut groups)?;
+        for key in closed {
+            if merged {
+                ctx.txn
+                    .delete(Self::partition_prefix(state, MERGED_SIDE, &key));
+            } else {
+                ctx.txn
+                    .delete_prefix(Self::partition_prefix(state, 0, &key))?;
+                ctx.txn
+                    .delete_prefix(Self::partition_prefix(state, OUTPUT_SIDE, &key))?;
             }
         }
         slots.smallest = smallest;
