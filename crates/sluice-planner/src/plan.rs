@@ -499,17 +499,7 @@ impl Builder<'_> {
                 });
             }
         }
-        let expiries = expiries(
-            self.ctx,
-            j.filter.as_ref(),
-            &j.on,
-            [
-                (j.left.schema().as_ref(), &left),
-                (j.right.schema().as_ref(), &right),
-            ],
-        )?;
-        let bounded = |side: usize| expiries.iter().any(|e| e.side == side);
-        if !bounded(0) || !bounded(1) {
+        let Some(expiries) = self.both_expire(j, &left, &right)? else {
             return Err(unsupported(
                 "a join of two streams without a time bound on both sides",
                 "both sides are unbounded, so their state would grow forever; bound it with an \
@@ -517,8 +507,29 @@ impl Builder<'_> {
                  a.ts + INTERVAL '1 hour', or join the same window of both (ON \
                  a.window_start = b.window_start)",
             ));
-        }
+        };
         Ok(expiries)
+    }
+
+    /// The expiries of join `j` (whose sides have `left` and `right`
+    /// bounds), when there are some for both sides.
+    fn both_expire(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        left: &crate::event_time::Bounds,
+        right: &crate::event_time::Bounds,
+    ) -> Result<Option<Vec<sluice_dataflow::operators::Expiry>>> {
+        let expiries = expiries(
+            self.ctx,
+            j.filter.as_ref(),
+            &j.on,
+            [
+                (j.left.schema().as_ref(), left),
+                (j.right.schema().as_ref(), right),
+            ],
+        )?;
+        let bounded = |side: usize| expiries.iter().any(|e| e.side == side);
+        Ok((bounded(0) && bounded(1)).then_some(expiries))
     }
 }
 
@@ -537,17 +548,7 @@ impl Builder<'_> {
         if !has_bound(&left) || !has_bound(&right) {
             return Ok(None);
         }
-        let expiries = expiries(
-            self.ctx,
-            j.filter.as_ref(),
-            &j.on,
-            [
-                (j.left.schema().as_ref(), &left),
-                (j.right.schema().as_ref(), &right),
-            ],
-        )?;
-        let bounded = |side: usize| expiries.iter().any(|e| e.side == side);
-        Ok((bounded(0) && bounded(1)).then_some(expiries))
+        self.both_expire(j, &left, &right)
     }
 
     /// The join's key pairs, those of two columns the watermark bounds

@@ -245,28 +245,11 @@ impl StateTxn {
     /// only when every earlier batch of writes is in the store.
     pub fn shrink_to(&mut self, inflight: &WriteBatch) {
         let mut keep: BTreeMap<Vec<u8>, Cached> = BTreeMap::new();
+        // `take_writes` hands over puts and deletes only.
         for op in inflight.ops() {
-            match op {
-                WriteOp::Put(k, _) | WriteOp::Delete(k) => {
-                    if let Some((k, v)) = self.overlay.remove_entry(k) {
-                        keep.insert(k, v);
-                    }
-                }
-                WriteOp::DeletePrefix(prefix) => {
-                    let end = match prefix_successor(prefix) {
-                        Some(end) => Bound::Excluded(end),
-                        None => Bound::Unbounded,
-                    };
-                    let doomed: Vec<Vec<u8>> = self
-                        .overlay
-                        .range((Bound::Included(prefix.clone()), end))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in doomed {
-                        if let Some((k, v)) = self.overlay.remove_entry(&k) {
-                            keep.insert(k, v);
-                        }
-                    }
+            if let WriteOp::Put(k, _) | WriteOp::Delete(k) = op {
+                if let Some((k, v)) = self.overlay.remove_entry(k) {
+                    keep.insert(k, v);
                 }
             }
         }
