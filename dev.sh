@@ -5,15 +5,61 @@
 #                              pgwire on 127.0.0.1:4566, data in ./sluice-data)
 #   ./dev.sh test  [ARGS...]   build and run every test (cargo test --workspace)
 #
-# Installs what the build needs when it is missing: a Rust toolchain (rustup)
-# and libclang (RocksDB's bindings). The first build compiles RocksDB and
-# DataFusion and takes a while (about 30 minutes on 2 cores); later ones
-# take seconds.
-set -euo pipefail
-cd "$(dirname "$0")"
+# Installs what the build needs when it is missing, with apt-get (sudo when
+# not root): a Rust toolchain (rustup), libclang and clang's headers
+# (RocksDB's bindings), a C++ compiler, make and cmake. The first build
+# compiles RocksDB, librdkafka and DataFusion: about 25-30 minutes on
+# 2 cores. Later builds take seconds; `serve` and `test` share one build.
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# find_libclang [ROOT]: print the path of a libclang shared library that
+# clang-sys (RocksDB's bindgen) would load, looking where clang-sys looks
+# ($LIBCLANG_PATH, the llvm-* library folders, the system library folders)
+# under ROOT (default /). Succeeds only when that library is there *and*
+# clang's builtin headers (stddef.h), which bindgen needs beside it, are.
+# clang-sys accepts libclang.so, libclang-N.so, libclang.so.N and
+# libclang-N.so.N; libclang-cpp.so.N (installed by llvm-N-dev) is a
+# different library and does not count.
+find_libclang() {
+  local root="${1:-}" dir f name lib="" hdr=""
+  local dirs=()
+  [ -n "${LIBCLANG_PATH:-}" ] && dirs+=("$root$LIBCLANG_PATH")
+  dirs+=("$root"/usr/lib/llvm-*/lib "$root"/usr/lib/*-linux-gnu "$root"/usr/lib
+         "$root"/usr/lib64 "$root"/usr/local/lib "$root"/lib/*-linux-gnu)
+  for dir in "${dirs[@]}"; do
+    [ -d "$dir" ] || continue
+    for f in "$dir"/libclang*.so*; do
+      [ -e "$f" ] || continue             # also skips dangling symlinks
+      name="${f##*/}"
+      if [[ "$name" =~ ^libclang(-[0-9][0-9.]*)?\.so(\.[0-9][0-9.]*)?$ ]]; then
+        lib="$f"
+        break 2
+      fi
+    done
+  done
+  [ -n "$lib" ] || return 1
+  for f in "$root"/usr/lib/llvm-*/lib/clang/*/include/stddef.h \
+           "$root"/usr/lib/clang/*/include/stddef.h \
+           "$root"/usr/lib64/clang/*/include/stddef.h \
+           "$root"/usr/local/lib/clang/*/include/stddef.h; do
+    if [ -e "$f" ]; then hdr="$f"; break; fi
+  done
+  [ -n "$hdr" ] || return 1
+  echo "$lib"
+}
+
+# missing_packages [ROOT]: print the Debian packages the build needs that
+# are not installed, one per line. Tools are looked up on PATH.
+missing_packages() {
+  local root="${1:-}"
+  find_libclang "$root" >/dev/null || echo libclang-dev
+  command -v c++ >/dev/null 2>&1 || echo g++
+  command -v make >/dev/null 2>&1 || echo make
+  command -v cmake >/dev/null 2>&1 || echo cmake
+  command -v perl >/dev/null 2>&1 || echo perl   # librdkafka's configure
 }
 
 ensure_deps() {
@@ -27,35 +73,57 @@ ensure_deps() {
       export PATH="$HOME/.cargo/bin:$PATH"
     fi
   fi
-  local missing=()
-  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
-    || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
-  command -v c++ >/dev/null 2>&1 || missing+=(g++)
-  command -v make >/dev/null 2>&1 || missing+=(make)
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "dev.sh: installing ${missing[*]}" >&2
+  local missing
+  missing="$(missing_packages | tr '\n' ' ')"
+  if [ -n "${missing// /}" ]; then
+    echo "dev.sh: installing ${missing}" >&2
     as_root apt-get update
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y "${missing[@]}"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y $missing
+    if ! find_libclang >/dev/null; then
+      echo "dev.sh: libclang is still missing after installing libclang-dev;" \
+           "set LIBCLANG_PATH to the folder that holds libclang.so" >&2
+      exit 1
+    fi
   fi
 }
 
-cmd="${1:-}"
-shift || true
-case "$cmd" in
-  serve)
-    ensure_deps
-    # Build the whole workspace, tests included, so that `serve` and `test`
-    # share one set of compiled dependencies (the same cargo features).
-    cargo build -j2 --workspace --all-targets
-    exec "${CARGO_TARGET_DIR:-target}/debug/sluice" serve "$@"
-    ;;
-  test)
-    ensure_deps
-    exec cargo test -j2 --workspace "$@"
-    ;;
-  *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
-    ;;
-esac
+# Say so before the long first compile, so nobody thinks it hung.
+announce_first_build() {
+  local target="${CARGO_TARGET_DIR:-target}"
+  if ! ls -d "$target"/debug/build/librocksdb-sys-* >/dev/null 2>&1; then
+    echo "dev.sh: first build: compiling RocksDB, librdkafka and DataFusion" \
+         "takes about 25-30 minutes on 2 cores; later builds take seconds" >&2
+  fi
+}
+
+main() {
+  cd "$(dirname "$0")"
+  local cmd="${1:-}"
+  shift || true
+  case "$cmd" in
+    serve)
+      ensure_deps
+      announce_first_build
+      # Build the whole workspace, tests included, so that `serve` and `test`
+      # share one set of compiled dependencies (the same cargo features).
+      cargo build -j2 --workspace --all-targets
+      exec "${CARGO_TARGET_DIR:-target}/debug/sluice" serve "$@"
+      ;;
+    test)
+      ensure_deps
+      announce_first_build
+      exec cargo test -j2 --workspace "$@"
+      ;;
+    *)
+      sed -n "2,12p" "$(basename "$0")" | sed 's/^# \{0,1\}//'
+      exit 2
+      ;;
+  esac
+}
+
+# `source dev.sh` loads the functions without running anything (.ci/dev-sh-test).
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  main "$@"
+fi
