@@ -145,6 +145,15 @@ pub enum SluiceError {
         /// The value and type.
         message: String,
     },
+    /// A function got an argument outside its domain (`sqrt(-1)`, `ln(0)`).
+    #[error("{message}")]
+    InvalidArgument {
+        /// The function and the argument.
+        message: String,
+        /// `2201F` (power functions such as `sqrt`), `2201E` (logarithms)
+        /// or `22023`; see [`argument_sqlstate`].
+        sqlstate: &'static str,
+    },
     /// Password or user rejected.
     #[error("password authentication failed for user \"{user}\"")]
     Authentication {
@@ -204,6 +213,7 @@ impl SluiceError {
             SluiceError::WrongObjectType { .. } => "42809",
             SluiceError::DivisionByZero => "22012",
             SluiceError::OutOfRange { .. } => "22003",
+            SluiceError::InvalidArgument { sqlstate, .. } => sqlstate,
             SluiceError::Authentication { .. } => "28P01",
             SluiceError::DependentObjects { .. } => "2BP01",
             SluiceError::ViewFailed { .. } => "55000",
@@ -295,12 +305,20 @@ impl From<DataFusionError> for SluiceError {
             }
             DataFusionError::ArrowError(a, _) => match a.as_ref() {
                 ArrowError::DivideByZero => SluiceError::DivisionByZero,
+                ArrowError::CastError(m) if m.to_lowercase().contains("overflow") => {
+                    SluiceError::OutOfRange {
+                        message: lowercase_first(m),
+                    }
+                }
                 ArrowError::CastError(m) | ArrowError::ParseError(m) => SluiceError::InvalidText {
                     message: lowercase_first(m),
                 },
                 ArrowError::ArithmeticOverflow(m) => SluiceError::OutOfRange {
                     message: lowercase_first(m),
                 },
+                ArrowError::ComputeError(m) | ArrowError::InvalidArgumentError(m) => {
+                    evaluation_error(m).unwrap_or_else(|| SluiceError::DataFusion(Box::new(e)))
+                }
                 _ => SluiceError::DataFusion(Box::new(e)),
             },
             DataFusionError::Plan(m) => {
@@ -315,6 +333,38 @@ impl From<DataFusionError> for SluiceError {
             }
             _ => SluiceError::DataFusion(Box::new(e)),
         }
+    }
+}
+
+/// Arrow reports a bad value met while evaluating an expression as a
+/// `ComputeError` or `InvalidArgumentError` whose text alone says what went
+/// wrong; these are the user's data, not a bug (Postgres: 22003 for an
+/// overflow, 2201F/2201E/22023 for an argument outside a function's domain).
+fn evaluation_error(message: &str) -> Option<SluiceError> {
+    let lower = message.to_lowercase();
+    let message = message.strip_prefix("Execution error: ").unwrap_or(message);
+    let message = lowercase_first(message.trim_end_matches('.'));
+    if lower.contains("overflow")
+        || lower.contains("too large to store in a decimal")
+        || lower.contains("out of range")
+    {
+        return Some(SluiceError::OutOfRange { message });
+    }
+    let sqlstate = argument_sqlstate(&lower)?;
+    Some(SluiceError::InvalidArgument { message, sqlstate })
+}
+
+/// The SQLSTATE of an argument outside a function's domain, from the
+/// (lowercased) message; `None` when the message is not about one.
+fn argument_sqlstate(lower: &str) -> Option<&'static str> {
+    if lower.contains("square root") || lower.contains("power") {
+        Some("2201F")
+    } else if lower.contains("logarithm") {
+        Some("2201E")
+    } else if lower.contains("negative") || lower.contains("invalid argument") {
+        Some("22023")
+    } else {
+        None
     }
 }
 
@@ -348,9 +398,13 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::Plan(m) if m.contains("Invalid function") => "42883",
         DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => "42000",
         DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            ArrowError::CastError(m) if m.to_lowercase().contains("overflow") => "22003",
             ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
             ArrowError::ArithmeticOverflow(_) => "22003",
             ArrowError::DivideByZero => "22012",
+            // A compute error that `evaluation_error` did not recognise is
+            // still about the data being evaluated.
+            ArrowError::ComputeError(_) | ArrowError::InvalidArgumentError(_) => "22000",
             _ => "XX000",
         },
         DataFusionError::Execution(m) if m.contains("Cannot cast") => "22P02",
@@ -421,6 +475,50 @@ mod tests {
         let s = SluiceError::from(ParserError::ParserError("Expected: foo".into()));
         assert_eq!(s.sqlstate(), "42601");
         assert_eq!(s.to_string(), "expected: foo");
+    }
+
+    #[test]
+    fn evaluation_errors_are_the_users_data_not_bugs() {
+        // (what Arrow or DataFusion said, the SQLSTATE a client gets)
+        let cases = [
+            (
+                ArrowError::ComputeError("Int64Array overflow on abs(-9223372036854775808)".into()),
+                "22003",
+            ),
+            (
+                ArrowError::InvalidArgumentError(
+                    "12345678.00 is too large to store in a Decimal128 of precision 6".into(),
+                ),
+                "22003",
+            ),
+            (
+                ArrowError::ComputeError(
+                    "Execution error: cannot take square root of a negative number".into(),
+                ),
+                "2201F",
+            ),
+            (
+                ArrowError::ComputeError("cannot take logarithm of a negative number".into()),
+                "2201E",
+            ),
+            (ArrowError::ComputeError("something else went wrong".into()), "22000"),
+            (ArrowError::MemoryError("out of memory".into()), "XX000"),
+        ];
+        for (arrow, state) in cases {
+            let text = arrow.to_string();
+            let e = SluiceError::from(DataFusionError::ArrowError(Box::new(arrow), None));
+            assert_eq!(e.sqlstate(), state, "{text}");
+            let wrapped = DataFusionError::Context(
+                "projection".into(),
+                Box::new(DataFusionError::ArrowError(
+                    Box::new(ArrowError::ComputeError(text.clone())),
+                    None,
+                )),
+            );
+            if state != "XX000" {
+                assert_eq!(SluiceError::from(wrapped).sqlstate(), state, "{text} (wrapped)");
+            }
+        }
     }
 
     #[test]

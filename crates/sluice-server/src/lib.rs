@@ -88,6 +88,7 @@ impl Server {
         tracing::info!(addr = %self.local_addr()?, "sluice is ready for connections");
         tokio::pin!(shutdown);
         let mut connections = tokio::task::JoinSet::new();
+        let mut accept_errors = ThrottledLog::new(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -101,7 +102,15 @@ impl Server {
                             }
                         });
                     }
-                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                    Err(e) => {
+                        // Out of file descriptors (a connection flood) fails
+                        // every accept at once: log once a second with a
+                        // count, and back off instead of spinning.
+                        if let Some(count) = accept_errors.record(std::time::Instant::now()) {
+                            tracing::warn!(error = %e, count, "accept failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -110,6 +119,35 @@ impl Server {
         self.engine.shutdown().await;
         tracing::info!("sluice stopped");
         Ok(())
+    }
+}
+
+/// Lets one log line through per `every`, counting the events in between.
+#[derive(Debug)]
+struct ThrottledLog {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl ThrottledLog {
+    fn new(every: Duration) -> Self {
+        ThrottledLog {
+            every,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Records one event at `now`; returns how many events the line to log
+    /// now stands for (this one included), or `None` to stay quiet.
+    fn record(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.count += 1;
+        if self.last.is_some_and(|last| now.duration_since(last) < self.every) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
     }
 }
 
@@ -141,5 +179,29 @@ struct LogErrors;
 impl ErrorHandler for LogErrors {
     fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
         tracing::debug!(peer = %client.socket_addr(), %error, "error sent to client");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttled_log_lets_one_line_a_second_through_with_a_count() {
+        let start = std::time::Instant::now();
+        let mut log = ThrottledLog::new(Duration::from_secs(1));
+        // (milliseconds after start, what record returns)
+        let table = [
+            (0, Some(1)),
+            (1, None),
+            (500, None),
+            (999, None),
+            (1000, Some(4)),
+            (1500, None),
+            (3000, Some(2)),
+        ];
+        for (ms, expected) in table {
+            assert_eq!(log.record(start + Duration::from_millis(ms)), expected, "at {ms} ms");
+        }
     }
 }
