@@ -151,7 +151,7 @@ pub enum SluiceError {
         /// The function and the argument.
         message: String,
         /// `2201F` (power functions such as `sqrt`), `2201E` (logarithms)
-        /// or `22023`; see [`argument_sqlstate`].
+        /// or `22023`, from the message (`argument_sqlstate`).
         sqlstate: &'static str,
     },
     /// Password or user rejected.
@@ -303,24 +303,9 @@ impl From<DataFusionError> for SluiceError {
                     _ => SluiceError::DataFusion(Box::new(e)),
                 }
             }
-            DataFusionError::ArrowError(a, _) => match a.as_ref() {
-                ArrowError::DivideByZero => SluiceError::DivisionByZero,
-                ArrowError::CastError(m) if m.to_lowercase().contains("overflow") => {
-                    SluiceError::OutOfRange {
-                        message: lowercase_first(m),
-                    }
-                }
-                ArrowError::CastError(m) | ArrowError::ParseError(m) => SluiceError::InvalidText {
-                    message: lowercase_first(m),
-                },
-                ArrowError::ArithmeticOverflow(m) => SluiceError::OutOfRange {
-                    message: lowercase_first(m),
-                },
-                ArrowError::ComputeError(m) | ArrowError::InvalidArgumentError(m) => {
-                    evaluation_error(m).unwrap_or_else(|| SluiceError::DataFusion(Box::new(e)))
-                }
-                _ => SluiceError::DataFusion(Box::new(e)),
-            },
+            DataFusionError::ArrowError(a, _) => {
+                arrow_error(a).unwrap_or_else(|| SluiceError::DataFusion(Box::new(e)))
+            }
             DataFusionError::Plan(m) => {
                 if let Some(name) = table_not_found(m) {
                     SluiceError::UndefinedObject {
@@ -336,10 +321,30 @@ impl From<DataFusionError> for SluiceError {
     }
 }
 
-/// Arrow reports a bad value met while evaluating an expression as a
-/// `ComputeError` or `InvalidArgumentError` whose text alone says what went
-/// wrong; these are the user's data, not a bug (Postgres: 22003 for an
-/// overflow, 2201F/2201E/22023 for an argument outside a function's domain).
+/// The variant for an Arrow error that the user's data caused, or `None`
+/// when it is not one. Arrow reports a bad value met while evaluating an
+/// expression as a `ComputeError` or `InvalidArgumentError` whose text alone
+/// says what went wrong (Postgres: 22003 for an overflow, 2201F/2201E/22023
+/// for an argument outside a function's domain).
+fn arrow_error(a: &ArrowError) -> Option<SluiceError> {
+    match a {
+        ArrowError::DivideByZero => Some(SluiceError::DivisionByZero),
+        ArrowError::ArithmeticOverflow(m) => Some(SluiceError::OutOfRange {
+            message: lowercase_first(m),
+        }),
+        ArrowError::CastError(m) if m.to_lowercase().contains("overflow") => {
+            Some(SluiceError::OutOfRange {
+                message: lowercase_first(m),
+            })
+        }
+        ArrowError::CastError(m) | ArrowError::ParseError(m) => Some(SluiceError::InvalidText {
+            message: lowercase_first(m),
+        }),
+        ArrowError::ComputeError(m) | ArrowError::InvalidArgumentError(m) => evaluation_error(m),
+        _ => None,
+    }
+}
+
 fn evaluation_error(message: &str) -> Option<SluiceError> {
     let lower = message.to_lowercase();
     let message = message.strip_prefix("Execution error: ").unwrap_or(message);
@@ -397,15 +402,18 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::Plan(m) if m.contains("Cannot cast") || m.contains("coerc") => "42804",
         DataFusionError::Plan(m) if m.contains("Invalid function") => "42883",
         DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => "42000",
-        DataFusionError::ArrowError(a, _) => match a.as_ref() {
-            ArrowError::CastError(m) if m.to_lowercase().contains("overflow") => "22003",
-            ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
-            ArrowError::ArithmeticOverflow(_) => "22003",
-            ArrowError::DivideByZero => "22012",
-            // A compute error that `evaluation_error` did not recognise is
-            // still about the data being evaluated.
-            ArrowError::ComputeError(_) | ArrowError::InvalidArgumentError(_) => "22000",
-            _ => "XX000",
+        DataFusionError::ArrowError(a, _) => match arrow_error(a) {
+            Some(classified) => classified.sqlstate(),
+            // A compute error that `arrow_error` did not recognise is still
+            // about the data being evaluated.
+            None if matches!(
+                a.as_ref(),
+                ArrowError::ComputeError(_) | ArrowError::InvalidArgumentError(_)
+            ) =>
+            {
+                "22000"
+            }
+            None => "XX000",
         },
         DataFusionError::Execution(m) if m.contains("Cannot cast") => "22P02",
         DataFusionError::Execution(_) => "22000",
@@ -501,7 +509,10 @@ mod tests {
                 ArrowError::ComputeError("cannot take logarithm of a negative number".into()),
                 "2201E",
             ),
-            (ArrowError::ComputeError("something else went wrong".into()), "22000"),
+            (
+                ArrowError::ComputeError("something else went wrong".into()),
+                "22000",
+            ),
             (ArrowError::MemoryError("out of memory".into()), "XX000"),
         ];
         for (arrow, state) in cases {
@@ -516,7 +527,11 @@ mod tests {
                 )),
             );
             if state != "XX000" {
-                assert_eq!(SluiceError::from(wrapped).sqlstate(), state, "{text} (wrapped)");
+                assert_eq!(
+                    SluiceError::from(wrapped).sqlstate(),
+                    state,
+                    "{text} (wrapped)"
+                );
             }
         }
     }

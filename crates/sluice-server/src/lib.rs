@@ -143,7 +143,10 @@ impl ThrottledLog {
     /// now stands for (this one included), or `None` to stay quiet.
     fn record(&mut self, now: std::time::Instant) -> Option<u64> {
         self.count += 1;
-        if self.last.is_some_and(|last| now.duration_since(last) < self.every) {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
             return None;
         }
         self.last = Some(now);
@@ -201,7 +204,11 @@ mod tests {
             (3000, Some(2)),
         ];
         for (ms, expected) in table {
-            assert_eq!(log.record(start + Duration::from_millis(ms)), expected, "at {ms} ms");
+            assert_eq!(
+                log.record(start + Duration::from_millis(ms)),
+                expected,
+                "at {ms} ms"
+            );
         }
     }
 }
