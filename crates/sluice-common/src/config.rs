@@ -37,6 +37,16 @@ pub struct Config {
     /// How many late rows `sluice_late_events` keeps (the newest).
     /// Default: `10000`.
     pub late_events_retention: usize,
+    /// The longest a statement may run, in milliseconds, unless a session
+    /// sets its own (`SET statement_timeout`); `0` means no limit.
+    /// Default: `0`.
+    pub statement_timeout_ms: u64,
+    /// The most client connections open at once, counting those still
+    /// logging in; one more is refused with SQLSTATE 53300. Default: `100`.
+    pub max_connections: usize,
+    /// How long a new connection may take to log in, in milliseconds,
+    /// before it is closed. Default: `10000`.
+    pub startup_timeout_ms: u64,
 }
 
 /// How a configured password is checked.
@@ -77,6 +87,9 @@ impl Default for Config {
             operator_cache_mb: 64,
             checkpoint_interval_ms: 1000,
             late_events_retention: 10_000,
+            statement_timeout_ms: 0,
+            max_connections: 100,
+            startup_timeout_ms: 10_000,
         }
     }
 }

@@ -154,6 +154,19 @@ pub enum SluiceError {
         /// or `22023`, from the message (`argument_sqlstate`).
         sqlstate: &'static str,
     },
+    /// A statement is nested too deeply, or expands into too many parts,
+    /// to plan within the server's limits.
+    #[error("statement too complex: {message}")]
+    TooComplex {
+        /// What exceeded which limit.
+        message: String,
+    },
+    /// The statement was stopped: a CancelRequest, or `statement_timeout`.
+    #[error("canceling statement due to {reason}")]
+    Canceled {
+        /// `user request` or `statement timeout`.
+        reason: &'static str,
+    },
     /// Password or user rejected.
     #[error("password authentication failed for user \"{user}\"")]
     Authentication {
@@ -214,6 +227,8 @@ impl SluiceError {
             SluiceError::DivisionByZero => "22012",
             SluiceError::OutOfRange { .. } => "22003",
             SluiceError::InvalidArgument { sqlstate, .. } => sqlstate,
+            SluiceError::TooComplex { .. } => "54001",
+            SluiceError::Canceled { .. } => "57014",
             SluiceError::Authentication { .. } => "28P01",
             SluiceError::DependentObjects { .. } => "2BP01",
             SluiceError::ViewFailed { .. } => "55000",
@@ -262,7 +277,11 @@ impl From<ParserError> for SluiceError {
     fn from(e: ParserError) -> Self {
         let message = match e {
             ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
-            ParserError::RecursionLimitExceeded => "statement is nested too deeply".to_owned(),
+            ParserError::RecursionLimitExceeded => {
+                return SluiceError::TooComplex {
+                    message: "it is nested too deeply".to_owned(),
+                }
+            }
         };
         SluiceError::Syntax {
             message: lowercase_first(&message),

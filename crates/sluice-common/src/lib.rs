@@ -5,7 +5,9 @@
 pub mod change;
 pub mod config;
 pub mod error;
+pub mod panic;
 
 pub use change::{batch_with_rows, ChangeBatch};
 pub use config::{AuthMethod, Config};
 pub use error::{ObjectKind, Result, SluiceError};
+pub use panic::catch_panic;

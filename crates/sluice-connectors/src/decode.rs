@@ -1,6 +1,13 @@
 //! Records to Arrow: JSON with arrow-json and CSV with arrow-csv, a whole
 //! poll's records at once; when that fails, record by record, so that only
 //! the bad ones are set aside (with the reason).
+//!
+//! Each record is first checked alone ([`validate`]): one JSON object,
+//! parsed strictly (no doubled or trailing commas, no missing ones,
+//! nothing after it), whose integer columns hold integers that fit; or
+//! one CSV row (no line break outside quotes, quotes balanced). So records
+//! are never joined with their neighbours: a record that is bad alone is
+//! bad, and row `i` of a poll is record `i`, whose metadata it carries.
 
 use std::sync::Arc;
 
@@ -81,6 +88,118 @@ fn decode_all(schema: &SchemaRef, encoding: Encoding, records: &[&[u8]]) -> Resu
     Ok(batch)
 }
 
+/// Checks that `record` holds exactly one value of `schema` in `encoding`,
+/// on its own.
+pub fn validate(schema: &SchemaRef, encoding: Encoding, record: &[u8]) -> Result<()> {
+    let bad = |message: String| SluiceError::InvalidText { message };
+    match encoding {
+        Encoding::Json => {
+            if record.trim_ascii_start().first() != Some(&b'{') {
+                return Err(bad("a JSON record must be one object".to_owned()));
+            }
+            let mut de = serde_json::Deserializer::from_slice(record);
+            serde::de::DeserializeSeed::deserialize(Fields { schema }, &mut de)
+                .and_then(|()| de.end())
+                .map_err(|e| bad(format!("invalid JSON record: {e}")))
+        }
+        Encoding::Csv => {
+            let line = record
+                .strip_suffix(b"\r\n")
+                .or_else(|| record.strip_suffix(b"\n"))
+                .unwrap_or(record);
+            let mut quoted = false;
+            for &b in line {
+                match b {
+                    b'"' => quoted = !quoted,
+                    b'\n' | b'\r' if !quoted => {
+                        return Err(bad("a CSV record must hold one line".to_owned()))
+                    }
+                    _ => {}
+                }
+            }
+            if quoted {
+                return Err(bad("a CSV record has an unterminated quote".to_owned()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Walks one JSON object, checking that the values of integer columns are
+/// integers in the column's range (arrow-json would truncate `1.5`).
+struct Fields<'a> {
+    schema: &'a SchemaRef,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        use datafusion::arrow::datatypes::DataType;
+        use serde::de::Error;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let data_type = self
+                .schema
+                .field_with_name(&key)
+                .map(|f| f.data_type().clone());
+            let range: Option<(i128, i128)> = match data_type {
+                Ok(DataType::Int8) => Some((i8::MIN.into(), i8::MAX.into())),
+                Ok(DataType::Int16) => Some((i16::MIN.into(), i16::MAX.into())),
+                Ok(DataType::Int32) => Some((i32::MIN.into(), i32::MAX.into())),
+                Ok(DataType::Int64) => Some((i64::MIN.into(), i64::MAX.into())),
+                Ok(DataType::UInt8) => Some((0, u8::MAX.into())),
+                Ok(DataType::UInt16) => Some((0, u16::MAX.into())),
+                Ok(DataType::UInt32) => Some((0, u32::MAX.into())),
+                Ok(DataType::UInt64) => Some((0, u64::MAX.into())),
+                _ => None,
+            };
+            let Some((min, max)) = range else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            match map.next_value::<serde_json::Value>()? {
+                serde_json::Value::Number(n) => {
+                    let v = n
+                        .as_i64()
+                        .map(i128::from)
+                        .or_else(|| n.as_u64().map(i128::from));
+                    match v {
+                        Some(v) if (min..=max).contains(&v) => {}
+                        Some(_) => {
+                            return Err(A::Error::custom(format!(
+                                "{n} is out of range for integer column \"{key}\""
+                            )))
+                        }
+                        None => {
+                            return Err(A::Error::custom(format!(
+                                "{n} is not an integer, for integer column \"{key}\""
+                            )))
+                        }
+                    }
+                }
+                // NULL, or text that arrow-json parses (or refuses) itself.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks decoded rows, given the index of each row's record.
 pub type Check<'a> = &'a dyn Fn(&RecordBatch, &[usize]) -> Result<()>;
 
@@ -92,20 +211,29 @@ pub fn decode(
     records: &[&[u8]],
     check: Check<'_>,
 ) -> Result<Decoded> {
-    if let Ok(batch) = decode_all(schema, encoding, records) {
-        let all: Vec<usize> = (0..records.len()).collect();
-        if check(&batch, &all).is_ok() {
-            return Ok(Decoded {
-                batch,
-                rows_of: (0..records.len()).collect(),
-                bad: Vec::new(),
-            });
+    let mut bad = Vec::new();
+    let mut valid = Vec::with_capacity(records.len());
+    for (i, record) in records.iter().enumerate() {
+        match validate(schema, encoding, record) {
+            Ok(()) => valid.push(i),
+            Err(e) => bad.push((i, e.to_string())),
+        }
+    }
+    if bad.is_empty() {
+        if let Ok(batch) = decode_all(schema, encoding, records) {
+            if check(&batch, &valid).is_ok() {
+                return Ok(Decoded {
+                    batch,
+                    rows_of: valid,
+                    bad,
+                });
+            }
         }
     }
     let mut good = Vec::new();
     let mut rows_of = Vec::new();
-    let mut bad = Vec::new();
-    for (i, record) in records.iter().enumerate() {
+    for i in valid {
+        let record = &records[i];
         match decode_all(schema, encoding, std::slice::from_ref(record)).and_then(|b| {
             check(&b, &[i])?;
             Ok(b)
@@ -117,6 +245,7 @@ pub fn decode(
             Err(e) => bad.push((i, e.to_string())),
         }
     }
+    bad.sort_by_key(|(i, _)| *i);
     Ok(Decoded {
         batch: concat_batches(schema, &good)?,
         rows_of,
@@ -230,6 +359,78 @@ mod tests {
             .downcast_ref::<StringArray>()
             .expect("names");
         assert_eq!(names.value(1), "c");
+    }
+
+    #[test]
+    fn each_record_is_one_value_on_its_own() {
+        let ok: Check<'_> = &|_, _| Ok(());
+        // (records, the indices decoded, the indices refused)
+        let json: Vec<(Vec<&[u8]>, Vec<usize>, Vec<usize>)> = vec![
+            // Invalid alone, valid joined: both refused.
+            (
+                vec![
+                    br#"{"id": 900001, "name": "a"} {"id": 900002, "name": "b""#,
+                    b"}",
+                ],
+                vec![],
+                vec![0, 1],
+            ),
+            (
+                vec![
+                    br#"{"id": 1,, "name": "x"}"#,
+                    br#"{"id": 1 "name": "y"}"#,
+                    br#"{"id": 1, "name": "z",}"#,
+                    br#"{,"id": 1}"#,
+                    br#"{"id": 5, "name": "ok"}"#,
+                ],
+                vec![4],
+                vec![0, 1, 2, 3],
+            ),
+            (
+                vec![
+                    br#"{"id": 1.5}"#,
+                    br#"{"id": 1e3}"#,
+                    br#"{"id": 2}"#,
+                    br#"{"id": null}"#,
+                ],
+                vec![2, 3],
+                vec![0, 1],
+            ),
+            (
+                vec![
+                    br#"{"id": 99999999999999999999}"#,
+                    b"[1, 2]",
+                    b"7",
+                    br#"{"id": -9223372036854775808}"#,
+                ],
+                vec![3],
+                vec![0, 1, 2],
+            ),
+        ];
+        for (records, good, refused) in json {
+            let d = decode(&schema(), Encoding::Json, &records, ok).expect("decode");
+            assert_eq!(d.rows_of, good, "{records:?}");
+            assert_eq!(
+                d.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                refused,
+                "{records:?}"
+            );
+            assert_eq!(d.batch.num_rows(), good.len());
+        }
+        let csv: Vec<(Vec<&[u8]>, Vec<usize>, Vec<usize>)> = vec![
+            (vec![b"1,a\n2,b", b"3,c\n"], vec![1], vec![0]),
+            (vec![b"1,\"a", b"2,b\""], vec![], vec![0, 1]),
+            (vec![b"1,\"line\nbreak\"", b"2,b"], vec![0, 1], vec![]),
+        ];
+        for (records, good, refused) in csv {
+            let d = decode(&schema(), Encoding::Csv, &records, ok).expect("decode");
+            assert_eq!(d.rows_of, good, "{records:?}");
+            assert_eq!(
+                d.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                refused,
+                "{records:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,25 @@ pub struct SourceStatus {
     bytes: AtomicU64,
     bad: AtomicU64,
     lag: AtomicI64,
+    rejected: AtomicU64,
     state: Mutex<String>,
+}
+
+/// The most bytes of an error text a status, a log line or a dead-letter
+/// header carries: errors can quote a whole record.
+pub const MAX_REASON_BYTES: usize = 300;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] (at a character boundary), marked
+/// when cut.
+pub fn bounded(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &reason[..end], reason.len() - end)
 }
 
 impl SourceStatus {
@@ -31,6 +49,7 @@ impl SourceStatus {
             bytes: AtomicU64::new(0),
             bad: AtomicU64::new(0),
             lag: AtomicI64::new(-1),
+            rejected: AtomicU64::new(0),
             state: Mutex::new("starting".to_owned()),
         }
     }
@@ -39,6 +58,11 @@ impl SourceStatus {
         self.rows.fetch_add(rows, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.bad.fetch_add(bad, Ordering::Relaxed);
+    }
+
+    /// Records a sink could not deliver for good (routed per `on_error`).
+    pub(crate) fn add_rejected(&self, n: u64) {
+        self.rejected.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn set_lag(&self, lag: i64) {
@@ -89,7 +113,8 @@ pub fn sources_table(list: Arc<dyn StatusList>) -> SystemTable {
 }
 
 /// `sluice_sinks` (one row per sink of `list`): records delivered, their
-/// bytes, and failed deliveries (each retried).
+/// bytes, failed deliveries (each retried), and records refused for good
+/// (routed per the sink's `on_error`).
 pub fn sinks_table(list: Arc<dyn StatusList>) -> SystemTable {
     let schema = Arc::new(Schema::new(vec![
         Field::new("sink", DataType::Utf8, false),
@@ -98,6 +123,7 @@ pub fn sinks_table(list: Arc<dyn StatusList>) -> SystemTable {
         Field::new("records", DataType::Int64, false),
         Field::new("bytes", DataType::Int64, false),
         Field::new("failed_deliveries", DataType::Int64, false),
+        Field::new("rejected_records", DataType::Int64, false),
     ]));
     status_table(schema, list, true)
 }
@@ -132,6 +158,11 @@ fn status_table(schema: SchemaRef, list: Arc<dyn StatusList>, sinks: bool) -> Sy
                     let lag = s.lag.load(Ordering::Relaxed);
                     (lag >= 0).then_some(lag)
                 }))));
+            } else {
+                columns.push(Arc::new(Int64Array::from_iter_values(
+                    all.iter()
+                        .map(|s| i64_of(s.rejected.load(Ordering::Relaxed))),
+                )));
             }
             Ok(columns)
         }),

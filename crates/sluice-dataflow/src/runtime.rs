@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
-use sluice_common::{ChangeBatch, SluiceError};
+use sluice_common::{catch_panic, ChangeBatch, SluiceError};
 use sluice_state::{StateBackend, StateTxn, WriteBatch};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -412,12 +412,16 @@ impl Task {
                         late: &mut late,
                     };
                     let processed = match chains.get(input) {
-                        Some(chain) => apply_chain(chain, changes, &mut ctx).await,
+                        Some(chain) => {
+                            catch_panic("an operator", apply_chain(chain, changes, &mut ctx)).await
+                        }
                         None => Ok(changes),
                     };
                     let result = match processed {
                         Ok(c) if c.is_empty() => continue,
-                        Ok(c) => op.process(input, c, &state, &mut ctx).await.map(Some),
+                        Ok(c) => catch_panic("an operator", op.process(input, c, &state, &mut ctx))
+                            .await
+                            .map(Some),
                         Err(e) => Err(e),
                     };
                     let source = sources.get(input).map_or("", String::as_str);
@@ -438,7 +442,8 @@ impl Task {
                             session: &env.session,
                             late: &mut late,
                         };
-                        match op.on_watermark(watermarks.inputs(), &state, &mut ctx).await {
+                        let closed = op.on_watermark(watermarks.inputs(), &state, &mut ctx);
+                        match catch_panic("an operator", closed).await {
                             Ok(Some(output)) if !output.is_empty() => {
                                 if !out.send(Message::Data(output)).await {
                                     break;

@@ -157,8 +157,62 @@ pub(crate) fn bounds(catalog: &Catalog, plan: &LogicalPlan) -> Result<Bounds> {
             out.resize(width, None);
             out
         }
+        LogicalPlan::Unnest(u) => {
+            let input = bounds(catalog, &u.input)?;
+            let lists = u
+                .list_type_columns
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>();
+            u.dependency_indices
+                .iter()
+                .map(|&i| {
+                    if lists.contains(&i) {
+                        element_bound(catalog, &u.input, i)
+                    } else {
+                        Ok(input.get(i).cloned().flatten())
+                    }
+                })
+                .collect::<Result<Bounds>>()?
+        }
         _ => vec![None; width],
     })
+}
+
+/// The bound of the elements of list column `column` of `plan`, where
+/// the list is the window list of a HOP or a CUMULATE (`crate::windows`)
+/// over a bounded time column.
+fn element_bound(catalog: &Catalog, plan: &LogicalPlan, column: usize) -> Result<Option<LBound>> {
+    let LogicalPlan::Projection(p) = plan else {
+        return Ok(None);
+    };
+    let Some(mut expr) = p.expr.get(column) else {
+        return Ok(None);
+    };
+    while let Expr::Alias(a) = expr {
+        expr = &a.expr;
+    }
+    let Expr::ScalarFunction(call) = expr else {
+        return Ok(None);
+    };
+    let Some(ts) = call.args.get(2) else {
+        return Ok(None);
+    };
+    let input = bounds(catalog, &p.input)?;
+    let Some(time) = derive(ts, p.input.schema(), &input) else {
+        return Ok(None);
+    };
+    let ts_type = datafusion::logical_expr::ExprSchemable::get_type(ts, p.input.schema())?;
+    let exprs = time
+        .exprs
+        .iter()
+        .map(|w| crate::windows::lower_bound(call, w.clone(), &ts_type))
+        .collect::<Option<Vec<_>>>();
+    Ok(exprs.map(|exprs| LBound {
+        exprs,
+        watermark_type: time.watermark_type,
+        identity: false,
+    }))
 }
 
 /// The bound of `expr` (over `schema`, whose columns have `input` bounds).
@@ -312,6 +366,15 @@ fn keep_event_time(catalog: &Catalog, plan: &LogicalPlan) -> Result<Option<Logic
             }
             Some(builder.build()?)
         }
+        LogicalPlan::Unnest(u) => match keep_event_time(catalog, &u.input)? {
+            // The unnest passes the added column through, as its last.
+            Some(input) => Some(
+                LogicalPlanBuilder::from(input)
+                    .unnest_columns_with_options(u.exec_columns.clone(), u.options.clone())?
+                    .build()?,
+            ),
+            None => None,
+        },
         _ => None,
     })
 }

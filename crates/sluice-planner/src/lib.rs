@@ -18,9 +18,13 @@ mod session;
 mod system;
 mod tasks;
 mod temporal;
+mod windows;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// How long startup waits for the checkpoint of the changes it replayed.
+const REPLAY_CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
 
 use async_trait::async_trait;
 use datafusion::common::DFSchema;
@@ -98,6 +102,7 @@ impl Dataflow {
     /// The dataflow of `catalog`; queries are planned in `ctx`. Starts the
     /// router and the coordinator; call [`Self::load`] next.
     pub fn new(catalog: Arc<Catalog>, ctx: SessionContext, options: DataflowOptions) -> Arc<Self> {
+        windows::register(&ctx);
         let late = Arc::new(LateEvents::new(options.late_events_retention));
         let registry: SharedRegistry = Arc::new(RwLock::new(Registry::default()));
         let (router_tx, router_rx) = mpsc::channel(runtime::INBOX_CAPACITY);
@@ -232,7 +237,19 @@ impl Dataflow {
         for change in pending {
             self.send(Command::Change(change)).await?;
         }
-        self.flush().await
+        // Checkpoint the replay before serving, but never wait on it for
+        // long: a sink retrying a broker that is down holds checkpoints
+        // up, and the server must still open its port.
+        match tokio::time::timeout(REPLAY_CHECKPOINT_WAIT, self.flush()).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!(
+                    waited_s = REPLAY_CHECKPOINT_WAIT.as_secs(),
+                    "the replayed changes are not checkpointed yet (is a sink retrying?); serving meanwhile"
+                );
+                Ok(())
+            }
+        }
     }
 
     async fn send(&self, command: Command) -> Result<()> {

@@ -93,7 +93,8 @@ impl<'a> Builder<'a> {
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
             | LogicalPlan::SubqueryAlias(_)
-            | LogicalPlan::Union(_) => plan.inputs().iter().all(|i| self.append_only(i)),
+            | LogicalPlan::Union(_)
+            | LogicalPlan::Unnest(_) => plan.inputs().iter().all(|i| self.append_only(i)),
             // A lookup join never revises what it emitted, nor does an inner
             // join of two streams. A stream joined with a view by a
             // condition bounding both (q7) is not a lookup: it is revised
@@ -453,6 +454,48 @@ impl<'a> Builder<'a> {
                         keys,
                     }],
                     Partitioning::PerKey,
+                    label,
+                )?;
+                Ok(self.op(Box::new(op), vec![input]))
+            }
+            LogicalPlan::Unnest(u) => {
+                let list = match (u.list_type_columns.as_slice(), u.struct_type_columns.is_empty()) {
+                    ([(list, unnest)], true) if unnest.depth == 1 => *list,
+                    _ => {
+                        return Err(unsupported(
+                            "unnesting several columns, a struct or a nested list in a materialized view",
+                            "unnest one list column per SELECT",
+                        ))
+                    }
+                };
+                let input = self.build(&u.input)?;
+                let label = format!(
+                    "Unnest: {}",
+                    u.exec_columns
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let preserve_nulls = !matches!(
+                    u.options.null_handling,
+                    datafusion::common::NullHandling::Drop
+                );
+                if matches!(
+                    u.options.null_handling,
+                    datafusion::common::NullHandling::PreserveAndExpandEmpty
+                ) {
+                    return Err(unsupported(
+                        "unnest expanding empty lists in a materialized view",
+                        "leave the unnest options at their defaults",
+                    ));
+                }
+                let op = sluice_dataflow::operators::Unnest::try_new(
+                    &input.schema(),
+                    list,
+                    u.dependency_indices.clone(),
+                    preserve_nulls,
+                    out_schema,
                     label,
                 )?;
                 Ok(self.op(Box::new(op), vec![input]))

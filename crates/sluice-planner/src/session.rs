@@ -82,14 +82,51 @@ pub(crate) fn session_of(p: &Projection) -> Option<SessionShape<'_>> {
         .map(column)
         .collect::<Option<Vec<_>>>()?;
     let time = column(&lag.params.order_by.first()?.expr)?;
+    // The session's first and last event time, as the outer window names
+    // them: the projection refers to them by these names whatever it calls
+    // them (merged projections rename `window_start`).
+    let width = outer.input.schema().fields().len();
+    let mut first = None;
+    let mut last = None;
+    for (i, e) in outer.window_expr.iter().enumerate() {
+        let name = outer.schema.field(width + i).name().clone();
+        match window_function(e)
+            .map(|f| f.fun.name().to_owned())
+            .as_deref()
+        {
+            Some("min") => first = Some(name),
+            Some("max") => last = Some(name),
+            _ => {}
+        }
+    }
+    let (first, last) = (first?, last?);
+    let in_source = |c: &Column| {
+        source
+            .schema()
+            .index_of_column_by_name(None, &c.name)
+            .is_some()
+    };
     let outputs = p
         .expr
         .iter()
-        .map(|e| match e {
-            Expr::Alias(a) if a.name == "window_start" => Some(Out::Start),
-            Expr::Alias(a) if a.name == "window_end" => Some(Out::End),
-            Expr::Alias(a) => column(&a.expr).map(Out::Column),
-            e => column(e).map(Out::Column),
+        .map(|e| {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            match e {
+                Expr::Column(c) if c.name == first => Some(Out::Start),
+                Expr::BinaryExpr(b)
+                    if matches!(b.right.as_ref(), Expr::Literal(..))
+                        && matches!(b.left.as_ref(), Expr::Column(c) if c.name == last) =>
+                {
+                    Some(Out::End)
+                }
+                // Anything else must be a column of the source, or this
+                // is not the shape the parser wrote (the generic window
+                // plan takes it then).
+                e => column(e).filter(in_source).map(Out::Column),
+            }
         })
         .collect::<Option<Vec<_>>>()?;
     Some(SessionShape {

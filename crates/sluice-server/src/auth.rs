@@ -5,6 +5,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
-use pgwire::api::ClientInfo;
+use pgwire::api::{ClientInfo, ConnectionManager, PgWireConnectionState};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sluice_common::{AuthMethod, Config};
@@ -38,10 +39,19 @@ impl AuthSettings {
         }
     }
 
-    /// A startup handler for one new connection.
-    pub fn handler(&self) -> Startup {
+    /// A startup handler for one new connection, registering it in
+    /// `cancel` once it logged in.
+    pub fn handler(&self, cancel: Arc<ConnectionManager>) -> Startup {
+        Startup {
+            method: self.method(),
+            cancel,
+            logged_in: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn method(&self) -> Method {
         let Some(password) = &self.password else {
-            return Startup::Trust(Trust {
+            return Method::Trust(Trust {
                 user: self.user.clone(),
             });
         };
@@ -51,12 +61,12 @@ impl AuthSettings {
             method: self.method,
         };
         match self.method {
-            AuthMethod::Md5 => Startup::Md5(Box::new(Md5PasswordAuthStartupHandler::new(
+            AuthMethod::Md5 => Method::Md5(Box::new(Md5PasswordAuthStartupHandler::new(
                 Arc::new(source),
                 Arc::new(DefaultServerParameterProvider::default()),
             ))),
             AuthMethod::Cleartext => {
-                Startup::Cleartext(Box::new(CleartextPasswordAuthStartupHandler::new(
+                Method::Cleartext(Box::new(CleartextPasswordAuthStartupHandler::new(
                     source,
                     DefaultServerParameterProvider::default(),
                 )))
@@ -138,7 +148,7 @@ impl NoopStartupHandler for Trust {
 }
 
 /// The startup handler of one connection, per the configured method.
-pub enum Startup {
+pub enum Method {
     /// No password.
     Trust(Trust),
     /// MD5 password.
@@ -149,6 +159,22 @@ pub enum Startup {
             CleartextPasswordAuthStartupHandler<ConfiguredPassword, DefaultServerParameterProvider>,
         >,
     ),
+}
+
+/// One connection's login: the configured method, then, once the client
+/// is in, its registration for CancelRequests and the end of its startup
+/// timeout.
+pub struct Startup {
+    method: Method,
+    cancel: Arc<ConnectionManager>,
+    logged_in: Arc<AtomicBool>,
+}
+
+impl Startup {
+    /// Whether the client has logged in, shared with the connection's task.
+    pub fn logged_in(&self) -> Arc<AtomicBool> {
+        self.logged_in.clone()
+    }
 }
 
 #[async_trait]
@@ -163,10 +189,16 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Trust(h) => h.on_startup(client, message).await,
-            Startup::Md5(h) => h.on_startup(client, message).await,
-            Startup::Cleartext(h) => h.on_startup(client, message).await,
+        match &self.method {
+            Method::Trust(h) => h.on_startup(client, message).await?,
+            Method::Md5(h) => h.on_startup(client, message).await?,
+            Method::Cleartext(h) => h.on_startup(client, message).await?,
         }
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+            && !self.logged_in.swap(true, Ordering::SeqCst)
+        {
+            crate::limits::register(client, &self.cancel);
+        }
+        Ok(())
     }
 }

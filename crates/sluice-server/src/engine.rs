@@ -246,14 +246,20 @@ impl Engine {
             _ => None,
         };
         // A query reads all its relations at one committed state; writes
-        // (which hold the writer lock) need no snapshot.
-        let _snapshot = match dml {
+        // (which hold the writer lock) need no snapshot. Relations are read
+        // while the physical plan is made (`RelationTable::scan`), so the
+        // snapshot is held only that long: a long query never keeps writers
+        // (nor, behind them, other queries) waiting.
+        let snapshot = match dml {
             None => Some(self.catalog.read_snapshot().await),
             Some(_) => None,
         };
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
+        let task = df.task_ctx();
+        let physical = df.create_physical_plan().await?;
+        drop(snapshot);
+        let batches = datafusion::physical_plan::collect(physical, Arc::new(task)).await?;
         match dml {
             Some(tag) => {
                 let count = handlers::dml_count(&batches)?;

@@ -9,20 +9,24 @@ mod auth;
 mod encode;
 pub mod engine;
 mod handlers;
+mod limits;
 mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
+use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::PgWireError;
 use sluice_common::{Config, Result, SluiceError};
 use sluice_state::{RocksBackend, StateBackend};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use auth::AuthSettings;
 pub use engine::{Engine, Output};
@@ -33,7 +37,13 @@ pub use sluice_planner::DataflowOptions;
 pub struct Server {
     listener: TcpListener,
     engine: Arc<Engine>,
-    handlers: Arc<Handlers>,
+    service: Arc<SessionService>,
+    auth: AuthSettings,
+    /// Logged-in connections by backend key, for CancelRequests.
+    cancel: Arc<ConnectionManager>,
+    /// One permit per open connection (`max_connections`).
+    connection_slots: Arc<Semaphore>,
+    startup_timeout: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -66,13 +76,17 @@ impl Server {
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))
         })?;
+        let limits = limits::Limits {
+            statement_timeout: Duration::from_millis(config.statement_timeout_ms),
+        };
         Ok(Server {
             listener,
             engine: engine.clone(),
-            handlers: Arc::new(Handlers {
-                service: Arc::new(SessionService::new(engine)),
-                auth: AuthSettings::from_config(config),
-            }),
+            service: Arc::new(SessionService::new(engine).with_limits(limits)),
+            auth: AuthSettings::from_config(config),
+            cancel: Arc::new(ConnectionManager::new()),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            startup_timeout: Duration::from_millis(config.startup_timeout_ms.max(1)),
         })
     }
 
@@ -89,16 +103,44 @@ impl Server {
         tokio::pin!(shutdown);
         let mut connections = tokio::task::JoinSet::new();
         let mut accept_errors = ThrottledLog::new(Duration::from_secs(1));
+        let mut refused = ThrottledLog::new(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let handlers = self.handlers.clone();
+                        let Ok(slot) = self.connection_slots.clone().try_acquire_owned() else {
+                            refuse_connection(&socket);
+                            if let Some(count) = refused.record(std::time::Instant::now()) {
+                                tracing::warn!(count, "refused connections: max_connections reached");
+                            }
+                            continue;
+                        };
+                        let startup = self.auth.handler(self.cancel.clone());
+                        let logged_in = startup.logged_in();
+                        let handlers = Handlers {
+                            service: self.service.clone(),
+                            startup: Arc::new(startup),
+                            cancel: self.cancel.clone(),
+                        };
+                        let startup_timeout = self.startup_timeout;
                         connections.spawn(async move {
+                            let _slot = slot;
                             tracing::debug!(%peer, "connection opened");
-                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
-                                tracing::warn!(%peer, error = %e, "connection ended with an error");
+                            let serve = pgwire::tokio::process_socket(socket, None, handlers);
+                            let deadline = async {
+                                tokio::time::sleep(startup_timeout).await;
+                                if logged_in.load(Ordering::SeqCst) {
+                                    std::future::pending::<()>().await;
+                                }
+                            };
+                            tokio::select! {
+                                result = serve => if let Err(e) = result {
+                                    tracing::warn!(%peer, error = %e, "connection ended with an error");
+                                },
+                                _ = deadline => {
+                                    tracing::debug!(%peer, "closed a connection that did not log in in time");
+                                }
                             }
                         });
                     }
@@ -154,9 +196,35 @@ impl ThrottledLog {
     }
 }
 
+/// Tells a client that connected past `max_connections` why it is
+/// refused, as Postgres does (FATAL, 53300), without waiting for it: the
+/// socket is closed right after.
+fn refuse_connection(socket: &tokio::net::TcpStream) {
+    let mut fields = Vec::new();
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', "sorry, too many clients already"),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(&fields);
+    // A fresh socket's send buffer takes these few bytes at once; if it
+    // does not, the client only misses the reason.
+    let _ = socket.try_write(&message);
+}
+
+/// The handlers of one connection.
 struct Handlers {
     service: Arc<SessionService>,
-    auth: AuthSettings,
+    startup: Arc<auth::Startup>,
+    cancel: Arc<ConnectionManager>,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -169,7 +237,11 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(self.auth.handler())
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.cancel.clone()))
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {

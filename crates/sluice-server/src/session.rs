@@ -23,11 +23,12 @@ use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
-use sluice_common::SluiceError;
+use sluice_common::{catch_panic, SluiceError};
 
 use crate::encode::{encode_batch, pg_fields};
 use crate::engine::{Engine, Output, Prepared};
 use crate::handlers;
+use crate::limits::{self, Limits};
 
 /// The error a client sees: severity, SQLSTATE, message, hint.
 pub fn error_info(e: &SluiceError) -> ErrorInfo {
@@ -83,6 +84,7 @@ fn to_response(
 pub struct SessionService {
     engine: Arc<Engine>,
     parser: Arc<StatementParser>,
+    limits: Limits,
 }
 
 impl SessionService {
@@ -93,8 +95,25 @@ impl SessionService {
                 engine: engine.clone(),
             }),
             engine,
+            limits: Limits::default(),
         }
     }
+
+    /// The same service with `limits` (the server's statement timeout).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// Parses a query string, a panic in the parser becoming an error.
+fn parse(sql: &str) -> sluice_common::Result<Vec<sluice_sql::Statement>> {
+    std::panic::catch_unwind(|| sluice_sql::parse(sql)).unwrap_or_else(|payload| {
+        Err(SluiceError::internal(format!(
+            "the parser panicked: {}",
+            sluice_common::panic::panic_message(payload.as_ref())
+        )))
+    })
 }
 
 #[async_trait]
@@ -107,14 +126,23 @@ impl SimpleQueryHandler for SessionService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         tracing::debug!(query, "simple query");
-        let statements = sluice_sql::parse(query).map_err(to_pgwire)?;
+        let statements = parse(query).map_err(to_pgwire)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
         let options = format_options(client);
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            match self.engine.run(statement).await {
+            let result = match self.limits.session_statement(client, &statement) {
+                Some(result) => result,
+                None => {
+                    let read_only = limits::read_only(&statement);
+                    self.limits
+                        .run(client, read_only, self.engine.run(statement))
+                        .await
+                }
+            };
+            match result {
                 Ok(output) => {
                     responses.push(to_response(output, &Format::UnifiedText, options.clone())?)
                 }
@@ -166,13 +194,12 @@ impl QueryParser for StatementParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         tracing::debug!(sql, "parse");
-        let mut statements = sluice_sql::parse(sql).map_err(to_pgwire)?;
+        let mut statements = parse(sql).map_err(to_pgwire)?;
         match statements.len() {
             0 => Ok(None),
             1 => {
-                let prepared = self
-                    .engine
-                    .prepare(statements.remove(0))
+                let planning = self.engine.prepare(statements.remove(0));
+                let prepared = catch_panic("planning the statement", planning)
                     .await
                     .map_err(to_pgwire)?;
                 Ok(Some(prepared))
@@ -267,6 +294,13 @@ impl ExtendedQueryHandler for SessionService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
+        if let Some(result) = self.limits.session_statement(client, &prepared.statement) {
+            return to_response(
+                result.map_err(to_pgwire)?,
+                &portal.result_column_format,
+                format_options(client),
+            );
+        }
         let params = match &prepared.plan {
             Some(plan) => {
                 let types = parameter_types(plan)?;
@@ -279,9 +313,10 @@ impl ExtendedQueryHandler for SessionService {
             }
             None => None,
         };
+        let read_only = limits::read_only(&prepared.statement);
         let output = self
-            .engine
-            .execute(prepared, params)
+            .limits
+            .run(client, read_only, self.engine.execute(prepared, params))
             .await
             .map_err(to_pgwire)?;
         to_response(output, &portal.result_column_format, format_options(client))

@@ -3,6 +3,7 @@
 //! no catalog lookups and no planning happen here.
 
 pub mod ast;
+pub mod limits;
 pub mod naming;
 pub mod parser;
 mod temporal;

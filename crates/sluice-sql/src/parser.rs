@@ -35,6 +35,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
             .take_while(|c| c.at < end || end.line == 0)
             .count();
         crate::temporal::attach(&mut statement, clauses.drain(..ours).collect())?;
+        crate::limits::check_depth(&statement)?;
         crate::windows::rewrite_windows(&mut statement)?;
         statements.push(statement);
         if !parser.consume_token(&Token::SemiColon) && parser.peek_token().token != Token::EOF {

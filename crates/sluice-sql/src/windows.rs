@@ -6,13 +6,15 @@
 //! - `TUMBLE(src, ts, size [, offset])`: one projection adding
 //!   `window_start = date_bin(size, ts, origin)` and
 //!   `window_end = window_start + size`.
-//! - `HOP(src, ts, slide, size [, offset])`: `size / slide` projections,
-//!   one per window a row falls in, glued by `UNION ALL`; branch `i` has
-//!   `window_start = date_bin(slide, ts, origin) - i * slide`.
-//! - `CUMULATE(src, ts, step, size [, offset])`: `size / step` filtered
-//!   projections; all have `window_start = date_bin(size, ts, origin)`, and
-//!   branch `i` has `window_end = date_bin(step, ts, origin) + (i + 1) *
-//!   step`, for the rows whose period that end is still in.
+//! - `HOP(src, ts, slide, size [, offset])`: each row unnested over the
+//!   list of its `size / slide` window starts ([`HOP_FUNCTION`]), with
+//!   `window_end = window_start + size`.
+//! - `CUMULATE(src, ts, step, size [, offset])`: `window_start =
+//!   date_bin(size, ts, origin)`, each row unnested over the ends of the
+//!   windows of its period that hold it ([`CUMULATE_FUNCTION`]).
+//!
+//! One unnest, however many windows a row falls in (at most
+//! [`MAX_WINDOWS_PER_ROW`]).
 //! - `SESSION(src, ts, gap)`: window functions. Rows of one partition (the
 //!   enclosing query's `GROUP BY` columns other than the window's) closer
 //!   than `gap` to the previous one share a session; `window_start` is its
@@ -169,6 +171,28 @@ fn multiple(function: &str, unit: (&str, i64), size: i64) -> Result<i64> {
     Ok(size / unit.1)
 }
 
+/// The function a HOP becomes: the starts of a row's windows, as a list
+/// (defined by the planner).
+pub const HOP_FUNCTION: &str = "sluice_hop_windows";
+
+/// The function a CUMULATE becomes: the ends of a row's windows.
+pub const CUMULATE_FUNCTION: &str = "sluice_cumulate_windows";
+
+/// The most windows one row may fall in: each is an output row.
+pub const MAX_WINDOWS_PER_ROW: i64 = 10_000;
+
+fn windows_per_row(function: &str, n: i64) -> Result<()> {
+    if n > MAX_WINDOWS_PER_ROW {
+        return Err(SluiceError::TooComplex {
+            message: format!(
+                "{} puts each row in {n} windows; the limit is {MAX_WINDOWS_PER_ROW}",
+                function.to_uppercase()
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn interval(us: i64) -> String {
     format!("INTERVAL '{us} microseconds'")
 }
@@ -222,39 +246,32 @@ fn rewrite(factor: &mut TableFactor, partition: &[String]) -> Result<()> {
             let slide = micros(&function, "slide", &args[2])?;
             let size = micros(&function, "size", &args[3])?;
             let n = multiple(&function, ("slide", slide), size)?;
-            let bin = format!("date_bin({}, {ts}, {origin})", interval(slide));
-            (0..n)
-                .map(|i| {
-                    format!(
-                        "SELECT *, {bin} - {} AS window_start, {bin} + {} AS window_end \
-                         FROM {source}",
-                        interval(i * slide),
-                        interval(size - i * slide)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ")
+            windows_per_row(&function, n)?;
+            format!(
+                "SELECT * EXCLUDE (__sluice_window), __sluice_window AS window_start, \
+                   __sluice_window + {} AS window_end \
+                 FROM (SELECT *, unnest({HOP_FUNCTION}({}, {}, {ts}, {origin})) AS __sluice_window \
+                       FROM {source}) AS __sluice_windows",
+                interval(size),
+                interval(slide),
+                interval(size),
+            )
         }
         "cumulate" => {
             let step = micros(&function, "step", &args[2])?;
             let size = micros(&function, "size", &args[3])?;
             let n = multiple(&function, ("step", step), size)?;
-            let start = format!("date_bin({}, {ts}, {origin})", interval(size));
-            let step_bin = format!("date_bin({}, {ts}, {origin})", interval(step));
-            // Branch i: the window ending i + 1 steps after the row's step,
-            // if that is still in the row's period. Written from the row's
-            // step (not its period) so the watermark bounds window_end.
-            (0..n)
-                .map(|i| {
-                    let end = format!("{step_bin} + {}", interval((i + 1) * step));
-                    format!(
-                        "SELECT *, {start} AS window_start, {end} AS window_end \
-                         FROM {source} WHERE {end} <= {start} + {}",
-                        interval(size)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ")
+            windows_per_row(&function, n)?;
+            format!(
+                "SELECT * EXCLUDE (__sluice_period, __sluice_window), \
+                   __sluice_period AS window_start, __sluice_window AS window_end \
+                 FROM (SELECT *, date_bin({}, {ts}, {origin}) AS __sluice_period, \
+                         unnest({CUMULATE_FUNCTION}({}, {}, {ts}, {origin})) AS __sluice_window \
+                       FROM {source}) AS __sluice_windows",
+                interval(size),
+                interval(step),
+                interval(size),
+            )
         }
         _ => {
             let gap_micros = micros(&function, "gap", &args[2])?;
@@ -329,28 +346,48 @@ mod tests {
     }
 
     #[test]
-    fn hop_and_cumulate_become_one_branch_per_window_of_a_row() {
+    fn hop_and_cumulate_unnest_the_list_of_a_rows_windows() {
         let text =
             rewritten("SELECT * FROM HOP(bids, ts, INTERVAL '2 seconds', INTERVAL '10 seconds')");
-        assert_eq!(text.matches("UNION ALL").count(), 4, "{text}");
+        assert!(!text.contains("UNION"), "{text}");
         assert!(
-            text.contains("- INTERVAL '8000000 microseconds' AS window_start"),
+            text.contains("unnest(sluice_hop_windows(INTERVAL '2000000 microseconds', INTERVAL '10000000 microseconds', ts,"),
             "{text}"
         );
         let text =
             rewritten("SELECT * FROM CUMULATE(bids, ts, INTERVAL '1' MINUTE, INTERVAL '1 hour')");
-        assert_eq!(text.matches("UNION ALL").count(), 59, "{text}");
-        for bad in [
-            "SELECT * FROM HOP(bids, ts, INTERVAL '3 seconds', INTERVAL '10 seconds')",
-            "SELECT * FROM HOP(bids, ts, INTERVAL '1 month', INTERVAL '2 months')",
-            "SELECT * FROM CUMULATE(bids, ts, 5, INTERVAL '10 seconds')",
-        ] {
+        assert!(!text.contains("UNION"), "{text}");
+        assert!(
+            text.contains("unnest(sluice_cumulate_windows(INTERVAL '60000000 microseconds'"),
+            "{text}"
+        );
+        // (statement, SQLSTATE)
+        let table = [
+            (
+                "SELECT * FROM HOP(bids, ts, INTERVAL '3 seconds', INTERVAL '10 seconds')",
+                "22023",
+            ),
+            (
+                "SELECT * FROM HOP(bids, ts, INTERVAL '1 month', INTERVAL '2 months')",
+                "22023",
+            ),
+            (
+                "SELECT * FROM CUMULATE(bids, ts, 5, INTERVAL '10 seconds')",
+                "22023",
+            ),
+            (
+                "SELECT * FROM HOP(bids, ts, INTERVAL '1 millisecond', INTERVAL '1 day')",
+                "54001",
+            ),
+        ];
+        for (bad, sqlstate) in table {
             assert_eq!(
                 crate::parse(bad).expect_err(bad).sqlstate(),
-                "22023",
+                sqlstate,
                 "{bad}"
             );
         }
+        rewritten("SELECT * FROM HOP(bids, ts, INTERVAL '1 second', INTERVAL '10000 seconds')");
     }
 
     #[test]

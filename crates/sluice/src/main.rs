@@ -147,6 +147,20 @@ struct ServeArgs {
     /// How many late rows sluice_late_events keeps [default: 10000].
     #[arg(long, env = "SLUICE_LATE_EVENTS_RETENTION", value_name = "ROWS")]
     late_events_retention: Option<usize>,
+
+    /// The longest a statement may run, in milliseconds; 0 means no limit
+    /// [default: 0].
+    #[arg(long, env = "SLUICE_STATEMENT_TIMEOUT_MS", value_name = "MS")]
+    statement_timeout_ms: Option<u64>,
+
+    /// The most client connections open at once [default: 100].
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// How long a new connection may take to log in, in milliseconds
+    /// [default: 10000].
+    #[arg(long, env = "SLUICE_STARTUP_TIMEOUT_MS", value_name = "MS")]
+    startup_timeout_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -190,6 +204,15 @@ impl ServeArgs {
         if let Some(v) = self.checkpoint_interval_ms {
             config.checkpoint_interval_ms = v;
         }
+        if let Some(v) = self.statement_timeout_ms {
+            config.statement_timeout_ms = v;
+        }
+        if let Some(v) = self.max_connections {
+            config.max_connections = v;
+        }
+        if let Some(v) = self.startup_timeout_ms {
+            config.startup_timeout_ms = v;
+        }
         Ok(config)
     }
 }
@@ -205,7 +228,13 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("invalid log filter {:?}", config.log))?,
                 )
                 .init();
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            // Statements are bounded in depth (sluice_sql::limits) so that
+            // they plan in a default 2 MiB stack; the larger stack is margin.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_stack_size(8 << 20)
+                .build()
+                .context("cannot start the runtime")?;
             runtime.block_on(serve(config))
         }
         Command::Bench {

@@ -19,7 +19,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, differential, drivers, kafka, nexmark, slt};
+use harness::{crash, differential, drivers, fuzz, kafka, limits, nexmark, slt};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 9] = [
+        let scenarios: [(&str, Scenario); 14] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -103,6 +103,19 @@ fn main() {
             ("drivers: passwords are enforced", || {
                 Box::pin(drivers::passwords_are_enforced())
             }),
+            ("limits: cancel and statement_timeout stop queries", || {
+                Box::pin(limits::cancel_and_timeout_stop_queries())
+            }),
+            ("limits: max_connections and startup timeout", || {
+                Box::pin(limits::connection_limits())
+            }),
+            ("limits: malformed messages close with 08P01", || {
+                Box::pin(limits::malformed_messages_close_with_08p01())
+            }),
+            (
+                "fuzz: random statements and messages never break the server",
+                || Box::pin(fuzz::random_statements_never_break_the_server()),
+            ),
             ("crash: kill -9 loses nothing", || {
                 Box::pin(crash::kill_9_loses_nothing())
             }),
@@ -115,6 +128,9 @@ fn main() {
             }),
             ("kafka: json and upsert sinks", || {
                 Box::pin(kafka::sinks_write_json_and_upserts())
+            }),
+            ("kafka: sinks route records the broker refuses", || {
+                Box::pin(kafka::sinks_route_refused_records())
             }),
             ("kafka: scan_startup, csv, metadata columns", || {
                 Box::pin(kafka::startup_csv_and_metadata())

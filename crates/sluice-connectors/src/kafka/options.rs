@@ -67,8 +67,49 @@ pub struct KafkaSink {
     pub bootstrap_servers: String,
     /// `json` (every change as a row with an `op` field) or `upsert_json`.
     pub format: Format,
+    /// What to do with a record the broker refuses for good (too large,
+    /// invalid) or that cannot be encoded. Default: `fail`.
+    pub on_error: OnError,
     /// `properties.*`, passed to the client as is.
     pub properties: Vec<(String, String)>,
+}
+
+/// `on_error` and `dead_letter_topic`; `default` when `on_error` is unset.
+fn on_error(options: &BTreeMap<String, String>, what: &str, default: OnError) -> Result<OnError> {
+    let default_name = match default {
+        OnError::Skip => "skip",
+        OnError::Fail => "fail",
+        OnError::DeadLetter(_) => "dead_letter",
+    };
+    let on_error = match options.get("on_error").map(String::as_str) {
+        None => default,
+        Some("skip") => OnError::Skip,
+        Some("fail") => OnError::Fail,
+        Some("dead_letter") => {
+            match options.get("dead_letter_topic") {
+                Some(t) if !t.is_empty() => OnError::DeadLetter(t.clone()),
+                _ => return Err(invalid(
+                    format!(
+                        "on_error = 'dead_letter' needs option \"dead_letter_topic\" for {what}"
+                    ),
+                    "add dead_letter_topic = 'name' to WITH (...)",
+                )),
+            }
+        }
+        Some(other) => {
+            return Err(invalid(
+                format!("unknown on_error \"{other}\" for {what}"),
+                &format!("on_error is 'skip', 'fail' or 'dead_letter' (default '{default_name}')"),
+            ))
+        }
+    };
+    if options.contains_key("dead_letter_topic") && !matches!(on_error, OnError::DeadLetter(_)) {
+        return Err(invalid(
+            format!("dead_letter_topic is set but on_error is not 'dead_letter' for {what}"),
+            "add on_error = 'dead_letter'",
+        ));
+    }
+    Ok(on_error)
 }
 
 fn invalid(message: String, hint: &str) -> SluiceError {
@@ -166,34 +207,7 @@ impl KafkaSource {
                 )
             })?),
         };
-        let on_error = match options.get("on_error").map(String::as_str) {
-            None | Some("skip") => OnError::Skip,
-            Some("fail") => OnError::Fail,
-            Some("dead_letter") => match options.get("dead_letter_topic") {
-                Some(t) if !t.is_empty() => OnError::DeadLetter(t.clone()),
-                _ => {
-                    return Err(invalid(
-                        format!(
-                        "on_error = 'dead_letter' needs option \"dead_letter_topic\" for {what}"
-                    ),
-                        "add dead_letter_topic = 'name' to WITH (...)",
-                    ))
-                }
-            },
-            Some(other) => {
-                return Err(invalid(
-                    format!("unknown on_error \"{other}\" for {what}"),
-                    "on_error is 'skip' (the default), 'fail' or 'dead_letter'",
-                ))
-            }
-        };
-        if options.contains_key("dead_letter_topic") && !matches!(on_error, OnError::DeadLetter(_))
-        {
-            return Err(invalid(
-                format!("dead_letter_topic is set but on_error is not 'dead_letter' for {what}"),
-                "add on_error = 'dead_letter'",
-            ));
-        }
+        let on_error = on_error(options, &what, OnError::Skip)?;
         Ok(KafkaSource {
             topic,
             bootstrap_servers,
@@ -212,6 +226,8 @@ pub const SINK_OPTIONS: &[&str] = &[
     "bootstrap_servers",
     "format",
     "primary_key",
+    "on_error",
+    "dead_letter_topic",
 ];
 
 impl KafkaSink {
@@ -238,7 +254,7 @@ impl KafkaSink {
                 return Err(invalid(
                     format!("unrecognized option \"{key}\" for {what}"),
                     "accepted options: connector, topic, bootstrap_servers, format, primary_key, \
-                     properties.*",
+                     on_error, dead_letter_topic, properties.*",
                 ));
             }
         }
@@ -253,10 +269,12 @@ impl KafkaSink {
                 ))
             }
         };
+        let on_error = on_error(options, &what, OnError::Fail)?;
         Ok(KafkaSink {
             topic,
             bootstrap_servers,
             format,
+            on_error,
             properties,
         })
     }

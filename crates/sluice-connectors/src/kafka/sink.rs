@@ -3,7 +3,10 @@
 //! checkpoint barrier the sink waits until every record is delivered
 //! (retrying with backoff, and saying so in `sluice_sinks`) before it lets
 //! the checkpoint commit, so a crash can only repeat records, never lose
-//! them.
+//! them. A record the broker refuses for good (too large, invalid) is not
+//! retried: it goes per the sink's `on_error` (`fail`, the default, stops
+//! the sink with the reason in `sluice_sinks`; `skip` counts and logs it;
+//! `dead_letter` writes it, cut to 64 KiB, to `dead_letter_topic`).
 //!
 //! `json`: one record per changed row, the row as a JSON object; for a
 //! table or view each carries `"op": "insert"` or `"delete"` (an update is
@@ -17,14 +20,16 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_common::{ChangeBatch, Result, SluiceError};
 use sluice_dataflow::runtime::{Inbox, Message, TaskEnv};
 use sluice_state::StateTxn;
 
-use crate::kafka::options::{Format, KafkaSink};
+use crate::kafka::options::{Format, KafkaSink, OnError};
 use crate::kafka::source::client_config;
-use crate::status::SourceStatus;
+use crate::status::{bounded, SourceStatus};
 
 /// One record to produce.
 #[derive(Debug, Clone)]
@@ -137,17 +142,34 @@ fn producer(options: &KafkaSink) -> Result<FutureProducer> {
         .map_err(|e| SluiceError::Storage(format!("kafka: {e}")))
 }
 
+/// Whether the broker (or librdkafka) refuses this record for good, so
+/// that retrying it can never succeed.
+fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
 /// Produces `records`, retrying each failed one with backoff until it is
-/// delivered.
+/// delivered, except those the broker refuses for good, which are
+/// returned with the reason.
 async fn deliver(
     producer: &FutureProducer,
     topic: &str,
     records: Vec<Record>,
     status: &SourceStatus,
     name: &str,
-) {
+) -> Vec<(Record, String)> {
     let mut backoff = Duration::from_millis(100);
     let mut todo = records;
+    let mut refused = Vec::new();
     while !todo.is_empty() {
         let mut futures = Vec::with_capacity(todo.len());
         for r in &todo {
@@ -166,6 +188,11 @@ async fn deliver(
         for (r, result) in todo.into_iter().zip(results) {
             match result {
                 Ok(_) => status.add(1, r.value.as_ref().map_or(0, Vec::len) as u64, 0),
+                Err((e, _)) if refused_for_good(&e) => {
+                    let size =
+                        r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+                    refused.push((r, format!("{e} (a record of {size} bytes)")));
+                }
                 Err((e, _)) => {
                     last_error = Some(e);
                     failed.push(r);
@@ -183,10 +210,108 @@ async fn deliver(
         }
         todo = failed;
     }
+    refused
+}
+
+/// The most of a refused record's value a dead letter carries: enough to
+/// see what it was, small enough for any broker.
+const DEAD_LETTER_VALUE_BYTES: usize = 64 * 1024;
+
+/// Writes a record the sink's topic refused to the dead-letter topic: its
+/// key, its value (cut to [`DEAD_LETTER_VALUE_BYTES`]), and headers saying
+/// why (bounded), from which sink and how long the value was.
+async fn dead_letter(
+    producer: &FutureProducer,
+    dead_letters: &str,
+    sink: &str,
+    topic: &str,
+    record: &Record,
+    reason: &str,
+) -> std::result::Result<(), KafkaError> {
+    let reason = bounded(reason);
+    let length = record.value.as_ref().map_or(0, Vec::len).to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "sluice_error",
+            value: Some(&reason),
+        })
+        .insert(Header {
+            key: "sluice_sink",
+            value: Some(sink),
+        })
+        .insert(Header {
+            key: "sluice_topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "sluice_value_bytes",
+            value: Some(&length),
+        });
+    let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dead_letters).headers(headers);
+    if let Some(k) = &record.key {
+        out = out.key(&k[..k.len().min(DEAD_LETTER_VALUE_BYTES)]);
+    }
+    if let Some(v) = &record.value {
+        out = out.payload(&v[..v.len().min(DEAD_LETTER_VALUE_BYTES)]);
+    }
+    producer
+        .send(out, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
+/// What the sink does after a record could not be encoded or delivered.
+enum Routed {
+    /// Go on.
+    Continue,
+    /// Stop delivering: the sink failed (its state says why).
+    Failed,
+}
+
+async fn route(
+    spec: &SinkSpec,
+    producer: &FutureProducer,
+    name: &str,
+    status: &SourceStatus,
+    refused: Vec<(Option<Record>, String)>,
+) -> Routed {
+    let topic = &spec.options.topic;
+    for (record, reason) in refused {
+        status.add_rejected(1);
+        match (&spec.options.on_error, record) {
+            (OnError::Fail, _) => {
+                let message = format!("failed: {} (on_error = 'fail')", bounded(&reason));
+                tracing::error!(sink = %name, %topic, reason = %bounded(&reason), "kafka sink stopped at a record it cannot deliver");
+                status.set_state(message);
+                return Routed::Failed;
+            }
+            (OnError::DeadLetter(dead_letters), Some(record)) => {
+                if let Err(e) =
+                    dead_letter(producer, dead_letters, name, topic, &record, &reason).await
+                {
+                    tracing::error!(sink = %name, topic = %dead_letters, error = %e, "kafka sink stopped: cannot write a dead letter");
+                    status.set_state(format!(
+                        "failed: cannot write a dead letter to {dead_letters}: {e}; the record was refused: {}",
+                        bounded(&reason)
+                    ));
+                    return Routed::Failed;
+                }
+                tracing::warn!(sink = %name, %topic, reason = %bounded(&reason), "record sent to the dead-letter topic");
+            }
+            (OnError::Skip | OnError::DeadLetter(_), _) => {
+                tracing::warn!(sink = %name, %topic, reason = %bounded(&reason), "record skipped");
+            }
+        }
+    }
+    Routed::Continue
 }
 
 /// The sink's task: encodes changes as they arrive, delivers them all at
-/// each barrier, then reports the barrier.
+/// each barrier, then reports the barrier. A record the broker refuses
+/// for good (or a change that cannot be encoded) goes per `on_error`;
+/// a failed sink keeps acknowledging barriers, so it never holds up the
+/// checkpoints of the views.
 pub async fn run(
     spec: SinkSpec,
     name: String,
@@ -206,25 +331,33 @@ pub async fn run(
     status.set_state("running".to_owned());
     let mut txn = StateTxn::new(env.store.clone());
     let mut pending: Vec<Record> = Vec::new();
+    let mut failed = false;
     while let Some((_, message)) = inbox.recv().await {
         match message {
+            Message::Data(_) if failed => {}
             Message::Data(changes) => match encode(&spec, &changes) {
                 Ok(records) => pending.extend(records),
                 Err(e) => {
-                    tracing::error!(sink = %name, error = %e, "cannot encode a change");
-                    status.set_state(format!("failed to encode a change: {e}"));
+                    let reason =
+                        format!("cannot encode a change of {} rows: {e}", changes.num_rows());
+                    let refused = vec![(None, reason)];
+                    if let Routed::Failed = route(&spec, &producer, &name, &status, refused).await {
+                        failed = true;
+                        pending.clear();
+                    }
                 }
             },
             Message::Watermark(_) => {}
             Message::Barrier(epoch) => {
-                deliver(
-                    &producer,
-                    &spec.options.topic,
-                    std::mem::take(&mut pending),
-                    &status,
-                    &name,
-                )
-                .await;
+                if !failed {
+                    let records = std::mem::take(&mut pending);
+                    let refused =
+                        deliver(&producer, &spec.options.topic, records, &status, &name).await;
+                    let refused = refused.into_iter().map(|(r, e)| (Some(r), e)).collect();
+                    if let Routed::Failed = route(&spec, &producer, &name, &status, refused).await {
+                        failed = true;
+                    }
+                }
                 if !env.checkpoint(epoch, &mut txn, None) {
                     break;
                 }
@@ -244,6 +377,7 @@ mod tests {
                 topic: "t".into(),
                 bootstrap_servers: "x".into(),
                 format,
+                on_error: OnError::Fail,
                 properties: vec![],
             },
             key: vec![0],

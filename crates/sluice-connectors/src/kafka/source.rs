@@ -22,7 +22,7 @@ use sluice_common::{Result, SluiceError};
 
 use crate::decode::{decode, key_record, project, with_columns, Encoding};
 use crate::kafka::options::{Format, KafkaSource, OnError, Startup};
-use crate::status::SourceStatus;
+use crate::status::{bounded, SourceStatus};
 
 /// Records that could not be read: index in the poll, and why.
 type BadRecords = Vec<(usize, String)>;
@@ -194,6 +194,7 @@ async fn read(
                 OnError::Skip => {
                     for (i, reason) in &bad {
                         let m = &messages[*i];
+                        let reason = bounded(reason);
                         tracing::warn!(source = %relation.name(), topic = %m.topic(), partition = m.partition(),
                             offset = m.offset(), %reason, "bad record skipped");
                     }
@@ -201,7 +202,22 @@ async fn read(
                 OnError::DeadLetter(_) => {
                     if let Some((producer, topic)) = &dead_letters {
                         for (i, reason) in &bad {
-                            dead_letter(producer, topic, &messages[*i], reason).await?;
+                            if let Err(e) =
+                                dead_letter(producer, topic, &messages[*i], reason).await
+                            {
+                                // Retrying the poll would write its other
+                                // dead letters again: stop, and say why.
+                                let m = &messages[*i];
+                                let message = format!(
+                                    "failed: cannot write a dead letter to {topic} for topic {} partition {} offset {}: {e}",
+                                    m.topic(),
+                                    m.partition(),
+                                    m.offset()
+                                );
+                                tracing::error!(source = %relation.name(), %message, "kafka source stopped");
+                                status.set_state(message);
+                                return Ok(());
+                            }
                         }
                     }
                 }
@@ -237,7 +253,7 @@ async fn read(
         );
         if upto < messages.len() {
             let m = &messages[upto];
-            let reason = &bad[0].1;
+            let reason = bounded(&bad[0].1);
             let message = format!(
                 "failed at topic {} partition {} offset {}: {reason}",
                 m.topic(),
@@ -287,10 +303,11 @@ async fn dead_letter(
 ) -> Result<()> {
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();
+    let reason = bounded(reason);
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: "sluice_error",
-            value: Some(reason),
+            value: Some(&reason),
         })
         .insert(Header {
             key: "sluice_topic",

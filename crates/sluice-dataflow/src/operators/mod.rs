@@ -6,6 +6,7 @@ mod session;
 mod state_keys;
 mod temporal;
 mod union;
+mod unnest;
 
 pub use map::Map;
 pub use recompute::{
@@ -15,3 +16,4 @@ pub use recompute::{
 pub use session::{Session, SessionColumn, SessionSpec};
 pub use temporal::{TemporalJoin, TemporalSpec};
 pub use union::Union;
+pub use unnest::Unnest;

@@ -62,6 +62,17 @@ pub fn dml_count(batches: &[RecordBatch]) -> Result<usize> {
     Ok(total)
 }
 
+/// One row of one text column (`SHOW` of a setting).
+pub fn single_value(name: &str, value: &str) -> Result<Output> {
+    use datafusion::arrow::array::StringArray;
+    let schema = text_schema(&[name]);
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(vec![value]))],
+    )?;
+    Ok(rows(schema, batch))
+}
+
 /// Rows from a single batch.
 fn rows(schema: SchemaRef, batch: RecordBatch) -> Output {
     Output::Rows {

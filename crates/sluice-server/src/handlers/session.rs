@@ -28,6 +28,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("server_version", "16.6"),
     ("server_version_num", "160006"),
     ("standard_conforming_strings", "on"),
+    // Answered from the session (crate::limits); listed for its schema.
+    ("statement_timeout", "0"),
     ("timezone", "UTC"),
     ("transaction_isolation", "read committed"),
     ("transaction_read_only", "off"),

@@ -19,6 +19,16 @@ async fn spawn(
     data_dir: &Path,
     checkpoint_interval_ms: u64,
 ) -> anyhow::Result<(Child, tokio_postgres::Client)> {
+    let (child, client, _) = spawn_at(data_dir, checkpoint_interval_ms).await?;
+    Ok((child, client))
+}
+
+/// Starts `sluice serve` on a free port; returns it, a client, and the
+/// address.
+pub(super) async fn spawn_at(
+    data_dir: &Path,
+    checkpoint_interval_ms: u64,
+) -> anyhow::Result<(Child, tokio_postgres::Client, SocketAddr)> {
     let addr = free_port()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("serve")
@@ -36,7 +46,7 @@ async fn spawn(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match connect(addr).await {
-            Ok(client) => return Ok((child, client)),
+            Ok(client) => return Ok((child, client, addr)),
             Err(e) if Instant::now() > deadline => bail!("sluice did not come up: {e}"),
             Err(_) => {
                 if let Some(status) = child.try_wait()? {

@@ -713,3 +713,116 @@ pub async fn startup_csv_and_metadata() -> anyhow::Result<()> {
     drop(cluster);
     Ok(())
 }
+
+/// A record the broker refuses for good (here: over `message.max.bytes`)
+/// goes per the sink's `on_error` and never holds up anything else: FLUSH
+/// returns, other views update, DROP SINK works, and a restart opens its
+/// port (issue 17).
+pub async fn sinks_route_refused_records() -> anyhow::Result<()> {
+    let hang = Duration::from_secs(60);
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    for topic in ["big-fail", "big-skip", "big-dlq", "big-dead"] {
+        cluster.create_topic(topic, 1, 1)?;
+    }
+    let mut server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM big_in (id BIGINT, s TEXT);
+             CREATE STREAM other (id BIGINT);
+             CREATE MATERIALIZED VIEW other_count AS SELECT count(*) AS n FROM other;
+             CREATE SINK big_fail FROM big_in
+               WITH (connector = 'kafka', topic = 'big-fail', bootstrap_servers = '{servers}');
+             CREATE SINK big_skip FROM big_in
+               WITH (connector = 'kafka', topic = 'big-skip', bootstrap_servers = '{servers}', on_error = 'skip');
+             CREATE SINK big_dlq FROM big_in
+               WITH (connector = 'kafka', topic = 'big-dlq', bootstrap_servers = '{servers}',
+                     on_error = 'dead_letter', dead_letter_topic = 'big-dead');"
+        ))
+        .await?;
+    tokio::time::timeout(
+        hang,
+        client.batch_execute(
+            "INSERT INTO big_in VALUES (1, repeat('q', 1572864));
+             INSERT INTO big_in VALUES (2, 'small');
+             INSERT INTO other VALUES (1), (2);
+             FLUSH;",
+        ),
+    )
+    .await
+    .context("FLUSH hung behind a record the broker refuses")??;
+    ensure!(
+        rows(&client, "SELECT n FROM other_count").await? == vec!["2"],
+        "another view stopped updating"
+    );
+    let sinks = rows(
+        &client,
+        "SELECT sink, records, rejected_records, split_part(state, ':', 1) FROM sluice_sinks ORDER BY sink",
+    )
+    .await?;
+    ensure!(
+        sinks
+            == vec![
+                "big_dlq 1 1 running",
+                "big_fail 1 1 failed",
+                "big_skip 1 1 running"
+            ],
+        "sluice_sinks: {sinks:?}"
+    );
+    let state = rows(
+        &client,
+        "SELECT state FROM sluice_sinks WHERE sink = 'big_fail'",
+    )
+    .await?;
+    ensure!(
+        state
+            .first()
+            .is_some_and(|s| s.contains("too large") && s.len() < 600),
+        "the failed sink's state: {state:?}"
+    );
+    ensure!(
+        read_topic(&servers, "big-skip", 1, 1)?
+            .first()
+            .map(|r| r.0.as_str())
+            == Some(r#"{"id":2,"s":"small"}"#),
+        "the skipping sink lost the good record"
+    );
+    let dead = read_topic(&servers, "big-dead", 1, 1)?;
+    let (value, headers) = dead.first().context("no dead letter")?;
+    ensure!(
+        value.len() == 64 * 1024,
+        "dead letter value of {} bytes",
+        value.len()
+    );
+    ensure!(
+        headers.contains(&"sluice_sink=big_dlq".to_owned())
+            && headers.contains(&"sluice_value_bytes=1572879".to_owned())
+            && headers
+                .iter()
+                .any(|h| h.starts_with("sluice_error=") && h.len() < 400),
+        "dead letter headers: {headers:?}"
+    );
+    // Writes go on, the failed sink can be dropped, and a restart serves.
+    tokio::time::timeout(
+        hang,
+        client.batch_execute("INSERT INTO other VALUES (3); FLUSH; DROP SINK big_fail"),
+    )
+    .await
+    .context("writes or DROP SINK hung")??;
+    ensure!(rows(&client, "SELECT n FROM other_count").await? == vec!["3"]);
+    tokio::time::timeout(hang, server.restart())
+        .await
+        .context("the restarted server did not come up")??;
+    let client = connect(server.addr()).await?;
+    ensure!(rows(&client, "SELECT n FROM other_count").await? == vec!["3"]);
+    for (sql, code) in [
+        (format!("CREATE SINK x FROM big_in WITH (connector = 'kafka', topic = 'x', bootstrap_servers = '{servers}', on_error = 'retry')"), "22023"),
+        (format!("CREATE SINK x FROM big_in WITH (connector = 'kafka', topic = 'x', bootstrap_servers = '{servers}', on_error = 'dead_letter')"), "22023"),
+    ] {
+        let e = client.batch_execute(&sql).await.err().with_context(|| format!("accepted: {sql}"))?;
+        ensure!(e.as_db_error().map(|d| d.code().code()) == Some(code), "{sql}: {e}");
+    }
+    drop(cluster);
+    Ok(())
+}

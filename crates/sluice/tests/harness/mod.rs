@@ -4,7 +4,9 @@
 pub mod crash;
 pub mod differential;
 pub mod drivers;
+pub mod fuzz;
 pub mod kafka;
+pub mod limits;
 pub mod nexmark;
 pub mod server;
 pub mod slt;
