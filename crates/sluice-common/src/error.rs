@@ -437,6 +437,10 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::Execution(m) if m.contains("Cannot cast") => "22P02",
         DataFusionError::Execution(_) => "22000",
         DataFusionError::ResourcesExhausted(_) => "53000",
+        // DataFusion reports arguments that fit none of a function's
+        // signatures as an internal error; Postgres says the function (with
+        // those argument types) does not exist.
+        DataFusionError::Internal(m) if m.contains("failed to match any signature") => "42883",
         _ => "XX000",
     }
 }

@@ -44,7 +44,15 @@ fn decode_all(schema: &SchemaRef, encoding: Encoding, records: &[&[u8]]) -> Resu
                 message: "empty record".to_owned(),
             });
         }
-        buf.extend_from_slice(r);
+        // One line per record: a CSV record's own line end is dropped.
+        let line = match encoding {
+            Encoding::Csv => r
+                .strip_suffix(b"\r\n")
+                .or_else(|| r.strip_suffix(b"\n"))
+                .unwrap_or(r),
+            Encoding::Json => r,
+        };
+        buf.extend_from_slice(line);
         buf.push(b'\n');
     }
     let batch = match encoding {

@@ -333,7 +333,7 @@ mod tests {
             (Some(0), Some(vec![2, 4, 6])),
             (Some(3), Some(vec![4, 6])),
             (Some(5), Some(vec![6])),
-            (Some(13), Some(vec![14, 18])),
+            (Some(13), Some(vec![14, 16, 18])),
         ];
         let out = windows(Kind::Cumulate, 2, 6, table.iter().map(|r| r.0).collect());
         let expected: Vec<_> = table.into_iter().map(|r| r.1).collect();

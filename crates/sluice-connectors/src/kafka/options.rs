@@ -85,17 +85,17 @@ fn on_error(options: &BTreeMap<String, String>, what: &str, default: OnError) ->
         None => default,
         Some("skip") => OnError::Skip,
         Some("fail") => OnError::Fail,
-        Some("dead_letter") => {
-            match options.get("dead_letter_topic") {
-                Some(t) if !t.is_empty() => OnError::DeadLetter(t.clone()),
-                _ => return Err(invalid(
+        Some("dead_letter") => match options.get("dead_letter_topic") {
+            Some(t) if !t.is_empty() => OnError::DeadLetter(t.clone()),
+            _ => {
+                return Err(invalid(
                     format!(
                         "on_error = 'dead_letter' needs option \"dead_letter_topic\" for {what}"
                     ),
                     "add dead_letter_topic = 'name' to WITH (...)",
-                )),
+                ))
             }
-        }
+        },
         Some(other) => {
             return Err(invalid(
                 format!("unknown on_error \"{other}\" for {what}"),

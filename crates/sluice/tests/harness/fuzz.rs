@@ -460,7 +460,7 @@ pub async fn random_statements_never_break_the_server() -> anyhow::Result<()> {
     let one = timeout(HANG, client.query_one("SELECT 1", &[]))
         .await
         .context("the server stopped answering")??;
-    anyhow::ensure!(one.get::<_, i32>(0) == 1);
+    anyhow::ensure!(one.get::<_, i64>(0) == 1);
     println!("fuzz: seed {seed}, {seconds} s, {statements} statements, by SQLSTATE: {counts:?}");
     child.kill().await.ok();
     Ok(())

@@ -88,9 +88,10 @@ pub async fn cancel_and_timeout_stop_queries() -> anyhow::Result<()> {
             Ok(()) => bail!("the endless query finished"),
             Err(e) => {
                 ensure!(sqlstate(&e) == "57014", "timeout gave {e:?}");
+                let message = e.as_db_error().map(|d| d.message().to_owned());
                 ensure!(
-                    e.to_string().contains("statement timeout"),
-                    "timeout message: {e}"
+                    message.as_deref() == Some("canceling statement due to statement timeout"),
+                    "timeout message: {message:?}"
                 );
             }
         }
