@@ -20,6 +20,8 @@ mod tasks;
 mod temporal;
 mod windows;
 
+pub use windows::register as register_functions;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 

@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 pub use auth::AuthSettings;
 pub use engine::{Engine, Output};
 pub use session::SessionService;
-pub use sluice_planner::DataflowOptions;
+pub use sluice_planner::{register_functions, DataflowOptions};
 
 /// A bound, ready Sluice server.
 pub struct Server {

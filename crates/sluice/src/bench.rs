@@ -309,6 +309,8 @@ pub async fn run(
 
     // The same query as a DataFusion batch over the same rows.
     let ctx = SessionContext::new();
+    // The functions HOP and CUMULATE are written with, as in the engine.
+    sluice_server::register_functions(&ctx);
     let mut all = Vec::new();
     let mut made = 0;
     while made < events {

@@ -272,6 +272,8 @@ pub async fn run_query(name: &str, s: &Settings) -> anyhow::Result<QueryReport> 
     // The same query as a DataFusion batch over the same events, generated
     // beforehand (not timed).
     let ctx = SessionContext::new();
+    // The functions HOP and CUMULATE are written with, as in the engine.
+    sluice_server::register_functions(&ctx);
     let timing = Timing::new(s.event_rate, DEFAULT_BASE_TIME_MS);
     for kind in kinds {
         let schema = kind.schema();
