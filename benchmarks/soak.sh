@@ -25,7 +25,7 @@ psql_() { psql -X -q -A -t -h 127.0.0.1 -p "$port" -U sluice -d sluice "$@"; }
 
 "$binary" serve --listen "127.0.0.1:$port" --data-dir "$data" >"$data/server.log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; kill "$feeder" 2>/dev/null; rm -rf "$data"' EXIT
+trap 'kill "$feeder" 2>/dev/null; sleep 0.2; kill "$server" 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 600); do psql_ -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
 
 psql_ <<'SQL'
