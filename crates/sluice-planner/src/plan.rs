@@ -477,19 +477,16 @@ impl<'a> Builder<'a> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let preserve_nulls = !matches!(
-                    u.options.null_handling,
-                    datafusion::common::NullHandling::Drop
-                );
-                if matches!(
-                    u.options.null_handling,
-                    datafusion::common::NullHandling::PreserveAndExpandEmpty
-                ) {
-                    return Err(unsupported(
-                        "unnest expanding empty lists in a materialized view",
-                        "leave the unnest options at their defaults",
-                    ));
-                }
+                let preserve_nulls = match u.options.null_handling {
+                    datafusion::common::NullHandling::Drop => false,
+                    datafusion::common::NullHandling::Preserve => true,
+                    datafusion::common::NullHandling::PreserveAndExpandEmpty => {
+                        return Err(unsupported(
+                            "unnest expanding empty lists in a materialized view",
+                            "leave the unnest options at their defaults",
+                        ))
+                    }
+                };
                 let op = sluice_dataflow::operators::Unnest::try_new(
                     &input.schema(),
                     list,

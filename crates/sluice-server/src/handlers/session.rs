@@ -6,9 +6,6 @@
 //! block is accepted so these clients work, but ROLLBACK undoes nothing.
 //! Any other standard statement is reported as not supported.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::sql::sqlparser::ast;
 use sluice_common::{Result, SluiceError};
@@ -70,12 +67,7 @@ pub fn execute(statement: &ast::Statement) -> Result<Output> {
         ast::Statement::Set(_) => Ok(Output::command("SET")),
         ast::Statement::ShowVariable { variable } => {
             let (name, value) = show_variable(variable)?;
-            let schema = super::text_schema(&[name.as_str()]);
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(StringArray::from(vec![value]))],
-            )?;
-            Ok(super::rows(schema, batch))
+            super::single_value(&name, value)
         }
         ast::Statement::StartTransaction { .. } => Ok(Output::TransactionStart),
         ast::Statement::Commit { .. } => Ok(Output::TransactionEnd("COMMIT")),

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::crash::spawn_at;
+use super::limits::logged_in;
 
 /// No statement may take longer to answer (queries are bounded by a
 /// 5-second statement_timeout).
@@ -331,39 +332,13 @@ fn garbage(rng: &mut Rng) -> Vec<u8> {
     message
 }
 
-async fn login(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
-    let mut socket = tokio::net::TcpStream::connect(addr).await?;
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for part in ["user", "sluice", "database", "sluice", ""] {
-        body.extend_from_slice(part.as_bytes());
-        body.push(0);
-    }
-    let mut message = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    message.extend_from_slice(&body);
-    socket.write_all(&message).await?;
-    // Up to ReadyForQuery.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen
-        .windows(6)
-        .any(|w: &[u8]| w == [b'Z', 0, 0, 0, 5, b'I'])
-    {
-        let n = timeout(HANG, socket.read(&mut buf)).await??;
-        if n == 0 {
-            bail!("the server closed a new connection during login");
-        }
-        seen.extend_from_slice(&buf[..n]);
-    }
-    Ok(socket)
-}
-
 /// Sends one garbage message; the server may answer or close, but must
 /// answer within [`HANG`] and must not send an internal error.
 async fn protocol_case(
     addr: std::net::SocketAddr,
     message: &[u8],
 ) -> anyhow::Result<Option<String>> {
-    let mut socket = login(addr).await?;
+    let mut socket = logged_in(addr).await?;
     socket.write_all(message).await?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];

@@ -202,7 +202,7 @@ async fn read_until(
 }
 
 /// A logged-in raw connection.
-async fn logged_in(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+pub(super) async fn logged_in(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
     let mut socket = tokio::net::TcpStream::connect(addr).await?;
     let mut body = 196608u32.to_be_bytes().to_vec();
