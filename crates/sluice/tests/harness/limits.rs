@@ -128,6 +128,22 @@ pub async fn cancel_and_timeout_stop_queries() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects, retrying while the server's connection slots are taken
+/// (a closed client's slot frees once the server notices the close).
+async fn connect_when_free(addr: std::net::SocketAddr) -> anyhow::Result<tokio_postgres::Client> {
+    let mut last = None;
+    for _ in 0..200 {
+        match connect(addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Err(last.context("no attempt")?.into())
+}
+
 /// Past `max_connections` a client is refused with 53300 at once; a
 /// connection that never logs in is closed after `startup_timeout_ms`.
 pub async fn connection_limits() -> anyhow::Result<()> {
@@ -151,23 +167,16 @@ pub async fn connection_limits() -> anyhow::Result<()> {
         client.simple_query("SELECT 1").await?;
     }
     drop(open.pop());
-    let mut admitted = None;
-    for _ in 0..100 {
-        match connect(server.addr()).await {
-            Ok(c) => {
-                admitted = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let admitted = admitted.context("no slot came free after a client left")?;
+    let admitted = connect_when_free(server.addr())
+        .await
+        .context("no slot came free after a client left")?;
     admitted.simple_query("SELECT 1").await?;
     drop(admitted);
     drop(open);
 
     // A socket that sends nothing is closed; a logged-in idle one is not.
-    let idle = connect(server.addr()).await?;
+    // (The server frees the slots of the clients just closed as it notices.)
+    let idle = connect_when_free(server.addr()).await?;
     let mut silent = tokio::net::TcpStream::connect(server.addr()).await?;
     let mut buf = [0u8; 16];
     let read = timeout(HANG, silent.read(&mut buf))
