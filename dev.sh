@@ -7,7 +7,8 @@
 #
 # Installs what the build needs when it is missing, with apt-get (sudo when
 # not root): a Rust toolchain (rustup), libclang and clang's headers
-# (RocksDB's bindings), a C++ compiler, make and cmake. The first build
+# (RocksDB's bindings), a C++ compiler, make, cmake, pkg-config and
+# OpenSSL's headers (librdkafka's TLS and SASL). The first build
 # compiles RocksDB, librdkafka and DataFusion: about 25-30 minutes on
 # 2 cores. Later builds take seconds; `serve` and `test` share one build.
 
@@ -60,6 +61,10 @@ missing_packages() {
   command -v make >/dev/null 2>&1 || echo make
   command -v cmake >/dev/null 2>&1 || echo cmake
   command -v perl >/dev/null 2>&1 || echo perl   # librdkafka's configure
+  # librdkafka's TLS and SASL (rdkafka's "ssl" feature): OpenSSL's headers,
+  # found by openssl-sys through pkg-config.
+  [ -e "$root/usr/include/openssl/ssl.h" ] || echo libssl-dev
+  command -v pkg-config >/dev/null 2>&1 || echo pkg-config
 }
 
 ensure_deps() {
@@ -116,7 +121,7 @@ main() {
       exec cargo test -j2 --workspace "$@"
       ;;
     *)
-      sed -n "2,12p" "$(basename "$0")" | sed 's/^# \{0,1\}//'
+      sed -n "2,13p" "$(basename "$0")" | sed 's/^# \{0,1\}//'
       exit 2
       ;;
   esac

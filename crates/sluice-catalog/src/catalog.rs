@@ -11,6 +11,8 @@
 //! 0x04 <sequence>                  -> a change not yet checkpointed by the dataflow
 //! 0x05 <view id>                   -> why a view stopped (changelog.rs)
 //! 0x06 <source id> <partition>     -> a source's next offset (ingest.rs)
+//! 0x07 <connection name>           -> ConnectionEntry as JSON
+//! 0x08 <source id> <name>          -> a source's named position (a file's next line)
 //! 0x10 <view id> ...                -> the view's operator state (sluice-dataflow)
 //! 0x11 <view id> <arrow-row row>    -> a view's rows, with their multiplicity (i64)
 //! ```
@@ -30,16 +32,23 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::changelog::{failure_key, ChangeListener, CHANGELOG_PREFIX, FAILURE_PREFIX};
 use crate::changes::RowSource;
-use crate::entry::RelationEntry;
-use crate::ingest::POSITION_PREFIX;
+use crate::entry::{ConnectionEntry, RelationEntry};
+use crate::ingest::{NAMED_POSITION_PREFIX, POSITION_PREFIX};
 use crate::rows::RowCodec;
 
 const NEXT_ID_KEY: &[u8] = b"\x00next_id";
 const ENTRY_PREFIX: u8 = 0x01;
+const CONNECTION_PREFIX: u8 = 0x07;
 pub(crate) const ROWS_PREFIX: u8 = 0x02;
 pub(crate) const LOG_PREFIX: u8 = 0x03;
 pub(crate) const STATE_PREFIX: u8 = 0x10;
 pub(crate) const VIEW_ROWS_PREFIX: u8 = 0x11;
+
+fn connection_key(name: &str) -> Vec<u8> {
+    let mut k = vec![CONNECTION_PREFIX];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 pub(crate) fn key(prefix: u8, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -289,6 +298,7 @@ pub enum Created {
 #[derive(Debug, Default)]
 struct Inner {
     relations: BTreeMap<String, Arc<Relation>>,
+    connections: BTreeMap<String, Arc<ConnectionEntry>>,
     next_id: u64,
 }
 
@@ -363,6 +373,13 @@ impl Catalog {
                 relation.set_failure(String::from_utf8_lossy(&reason).into_owned());
             }
             inner.relations.insert(relation.name().to_owned(), relation);
+        }
+        for (_, json) in store.scan_prefix(&[CONNECTION_PREFIX])? {
+            let entry: ConnectionEntry = serde_json::from_slice(&json)
+                .map_err(|e| SluiceError::Storage(format!("corrupt connection entry: {e}")))?;
+            inner
+                .connections
+                .insert(entry.name.clone(), Arc::new(entry));
         }
         let next_change_seq = match store.last_with_prefix(&[CHANGELOG_PREFIX])? {
             Some((k, _)) => k
@@ -665,6 +682,7 @@ impl Catalog {
                 VIEW_ROWS_PREFIX,
                 FAILURE_PREFIX,
                 POSITION_PREFIX,
+                NAMED_POSITION_PREFIX,
             ] {
                 wb.delete_prefix(key(prefix, id));
             }
@@ -676,6 +694,85 @@ impl Catalog {
             tracing::info!(name = %r.name(), kind = %r.kind(), "dropped");
         }
         Ok(doomed)
+    }
+
+    /// Stores a connection (options already checked by its connector).
+    pub async fn create_connection(
+        &self,
+        entry: ConnectionEntry,
+        if_not_exists: bool,
+    ) -> Result<Created> {
+        let _writer = self.lock_writes().await;
+        if self.read()?.connections.contains_key(&entry.name) {
+            if if_not_exists {
+                return Ok(Created::AlreadyExisted);
+            }
+            return Err(SluiceError::DuplicateObject {
+                kind: ObjectKind::Connection,
+                name: entry.name,
+            });
+        }
+        let json = serde_json::to_vec(&entry)
+            .map_err(|e| SluiceError::internal(format!("connection serialization: {e}")))?;
+        let mut wb = WriteBatch::new();
+        wb.put(connection_key(&entry.name), json);
+        self.store.write(wb)?;
+        tracing::info!(name = %entry.name, kind = %entry.kind, "connection created");
+        self.write()?
+            .connections
+            .insert(entry.name.clone(), Arc::new(entry));
+        Ok(Created::New)
+    }
+
+    /// Drops a connection that no stream, table or sink uses (2BP01
+    /// otherwise). Returns whether it existed.
+    pub async fn drop_connection(&self, name: &str, if_exists: bool) -> Result<bool> {
+        let _writer = self.lock_writes().await;
+        {
+            let inner = self.read()?;
+            if !inner.connections.contains_key(name) {
+                if if_exists {
+                    return Ok(false);
+                }
+                return Err(SluiceError::UndefinedObject {
+                    kind: ObjectKind::Connection,
+                    name: name.to_owned(),
+                });
+            }
+            let users: Vec<&str> = inner
+                .relations
+                .values()
+                .filter(|r| {
+                    ["connection", "schema_registry"]
+                        .iter()
+                        .any(|k| r.entry.options.get(*k).map(String::as_str) == Some(name))
+                })
+                .map(|r| r.name())
+                .collect();
+            if !users.is_empty() {
+                return Err(SluiceError::DependentObjects {
+                    kind: ObjectKind::Connection,
+                    name: name.to_owned(),
+                    hint: Some(format!("{} use it; drop them first", users.join(", "))),
+                });
+            }
+        }
+        let mut wb = WriteBatch::new();
+        wb.delete(connection_key(name));
+        self.store.write(wb)?;
+        self.write()?.connections.remove(name);
+        tracing::info!(name = %name, "connection dropped");
+        Ok(true)
+    }
+
+    /// The connection called `name`, if there is one.
+    pub fn connection(&self, name: &str) -> Result<Option<Arc<ConnectionEntry>>> {
+        Ok(self.read()?.connections.get(name).cloned())
+    }
+
+    /// Every connection, by name.
+    pub fn connections(&self) -> Result<Vec<Arc<ConnectionEntry>>> {
+        Ok(self.read()?.connections.values().cloned().collect())
     }
 
     /// Looks up a relation that a statement requires to exist.

@@ -73,6 +73,19 @@ pub struct RelationEntry {
     pub appended: bool,
 }
 
+/// A named set of client options (`CREATE CONNECTION name WITH (type =
+/// 'kafka', ...)`) that sources and sinks refer to with `connection =
+/// 'name'`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEntry {
+    /// The name (normalized).
+    pub name: String,
+    /// The connector it is for (`kafka`).
+    pub kind: String,
+    /// The options, without `type`.
+    pub options: BTreeMap<String, String>,
+}
+
 impl RelationEntry {
     /// Validates a `CREATE STREAM|TABLE` and builds its entry.
     pub fn try_new(id: u64, create: &CreateRelation) -> Result<Self> {

@@ -2,7 +2,9 @@
 //! the source's position (its Kafka offsets) in the same transaction, so
 //! that after a crash it resumes exactly after the last rows it wrote.
 //!
-//! Positions live under 0x06 <relation id> <partition i32>.
+//! Positions live under 0x06 <relation id> <partition i32> (Kafka), and
+//! named positions under 0x08 <relation id> <name> (a file source: one per
+//! file, its next line).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ pub trait Replay: Send + Sync {
 
 /// Key prefix of source positions.
 pub(crate) const POSITION_PREFIX: u8 = 0x06;
+/// Key prefix of named source positions.
+pub(crate) const NAMED_POSITION_PREFIX: u8 = 0x08;
 
 /// One part of what a source read, applied in order.
 #[derive(Debug, Clone)]
@@ -87,6 +91,18 @@ impl Catalog {
         parts: Vec<Ingest>,
         position: &BTreeMap<i32, i64>,
     ) -> Result<()> {
+        self.ingest_at(relation, parts, position, &BTreeMap::new())
+            .await
+    }
+
+    /// [`Self::ingest`], also storing named positions (`name` -> next).
+    pub async fn ingest_at(
+        &self,
+        relation: &Arc<Relation>,
+        parts: Vec<Ingest>,
+        position: &BTreeMap<i32, i64>,
+        named: &BTreeMap<String, i64>,
+    ) -> Result<()> {
         let _writer = self.lock_writes().await;
         // The relation may have been dropped while the source was reading.
         match self.get_by_id(relation.entry().id)? {
@@ -113,7 +129,32 @@ impl Catalog {
                 offset.to_be_bytes().to_vec(),
             );
         }
+        for (name, next) in named {
+            let mut k = key(NAMED_POSITION_PREFIX, relation.entry().id);
+            k.extend_from_slice(name.as_bytes());
+            txn.put(k, next.to_be_bytes().to_vec());
+        }
         self.commit_changes(txn, relation, changes).await
+    }
+
+    /// A source's stored named positions: name -> next.
+    pub fn named_positions(&self, relation: u64) -> Result<BTreeMap<String, i64>> {
+        let prefix = key(NAMED_POSITION_PREFIX, relation);
+        let mut out = BTreeMap::new();
+        for (k, v) in self.store().scan_prefix(&prefix)? {
+            let corrupt = || SluiceError::Storage("corrupt named source position".to_owned());
+            let name = k
+                .get(prefix.len()..)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .ok_or_else(corrupt)?;
+            let next = v
+                .as_slice()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| corrupt())?;
+            out.insert(name.to_owned(), next);
+        }
+        Ok(out)
     }
 
     /// Hands events a source generated to the views, without writing them:

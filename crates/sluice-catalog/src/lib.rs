@@ -20,7 +20,7 @@ mod system;
 pub use catalog::{Catalog, Created, Relation};
 pub use changelog::{changelog_key, failure_key, ChangeListener, LoggedChange};
 pub use changes::{state_prefix, RowSource};
-pub use entry::{Column, RelationEntry, Watermark};
+pub use entry::{Column, ConnectionEntry, RelationEntry, Watermark};
 pub use ingest::{Ingest, Replay};
 pub use provider::{RelationTable, SluiceSchema};
 pub use rows::RowCodec;

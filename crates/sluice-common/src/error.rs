@@ -26,6 +26,8 @@ pub enum ObjectKind {
     Sink,
     /// Any relation, when the statement did not say which kind it expected.
     Relation,
+    /// A `CREATE CONNECTION` object.
+    Connection,
 }
 
 impl fmt::Display for ObjectKind {
@@ -36,6 +38,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::View => "materialized view",
             ObjectKind::Sink => "sink",
             ObjectKind::Relation => "relation",
+            ObjectKind::Connection => "connection",
         })
     }
 }
@@ -167,6 +170,16 @@ pub enum SluiceError {
         /// `user request` or `statement timeout`.
         reason: &'static str,
     },
+    /// The statement asks for something only the server's operator may
+    /// allow (a client setting that loads code or names a file outside the
+    /// allowed directories).
+    #[error("{message}")]
+    PermissionDenied {
+        /// What was refused and why.
+        message: String,
+        /// How the operator can allow it, if they can.
+        hint: Option<String>,
+    },
     /// Password or user rejected.
     #[error("password authentication failed for user \"{user}\"")]
     Authentication {
@@ -185,6 +198,9 @@ pub enum SluiceError {
     },
 
     // ---- external systems ---------------------------------------------------
+    /// A service Sluice needs (a schema registry) cannot be reached now.
+    #[error("{0}")]
+    Unreachable(String),
     /// The storage layer (RocksDB, the file system) failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -213,7 +229,17 @@ impl SluiceError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             SluiceError::Syntax { .. } => "42601",
+            // Postgres: undefined_object / duplicate_object for what is
+            // not a relation.
+            SluiceError::UndefinedObject {
+                kind: ObjectKind::Connection,
+                ..
+            } => "42704",
             SluiceError::UndefinedObject { .. } => "42P01",
+            SluiceError::DuplicateObject {
+                kind: ObjectKind::Connection,
+                ..
+            } => "42710",
             SluiceError::DuplicateObject { .. } => "42P07",
             SluiceError::UndefinedColumn { .. } => "42703",
             SluiceError::DuplicateColumn { .. } => "42701",
@@ -229,10 +255,12 @@ impl SluiceError {
             SluiceError::InvalidArgument { sqlstate, .. } => sqlstate,
             SluiceError::TooComplex { .. } => "54001",
             SluiceError::Canceled { .. } => "57014",
+            SluiceError::PermissionDenied { .. } => "42501",
             SluiceError::Authentication { .. } => "28P01",
             SluiceError::DependentObjects { .. } => "2BP01",
             SluiceError::ViewFailed { .. } => "55000",
             SluiceError::Storage(_) => "58030",
+            SluiceError::Unreachable(_) => "58000",
             SluiceError::Internal(_) => "XX000",
             SluiceError::DataFusion(e) => datafusion_sqlstate(e),
         }
@@ -245,7 +273,8 @@ impl SluiceError {
             | SluiceError::InvalidOption { hint, .. }
             | SluiceError::NotSupported { hint, .. }
             | SluiceError::WrongObjectType { hint, .. }
-            | SluiceError::DependentObjects { hint, .. } => hint.as_deref(),
+            | SluiceError::DependentObjects { hint, .. }
+            | SluiceError::PermissionDenied { hint, .. } => hint.as_deref(),
             SluiceError::ViewFailed { .. } => {
                 Some("fix the input or the query, then DROP the view and CREATE it again")
             }

@@ -1,6 +1,9 @@
-//! Records to Arrow: JSON with arrow-json and CSV with arrow-csv, a whole
-//! poll's records at once; when that fails, record by record, so that only
-//! the bad ones are set aside (with the reason).
+//! Records to Arrow, a whole poll's records at once; when that fails,
+//! record by record, so that only the bad ones are set aside (with the
+//! reason). A [`RecordFormat`] says how one kind of record is checked
+//! alone and how many are decoded into one batch: JSON with arrow-json and
+//! CSV with arrow-csv ([`Encoding`], here), Avro with arrow-avro
+//! (`formats/avro.rs`). A new format is one file implementing it.
 //!
 //! Each record is first checked alone ([`validate`]): one JSON object,
 //! parsed strictly (no doubled or trailing commas, no missing ones,
@@ -36,7 +39,27 @@ pub enum Encoding {
     Csv,
 }
 
-fn decode_all(schema: &SchemaRef, encoding: Encoding, records: &[&[u8]]) -> Result<RecordBatch> {
+/// How one kind of record becomes Arrow rows.
+pub trait RecordFormat: Send + Sync {
+    /// Checks that `record` holds exactly one value of `schema`, on its own.
+    fn validate(&self, schema: &SchemaRef, record: &[u8]) -> Result<()>;
+
+    /// Decodes `records` (each valid alone) into one batch of `schema`,
+    /// row `i` from record `i`, or fails as a whole.
+    fn decode_all(&self, schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch>;
+}
+
+impl RecordFormat for Encoding {
+    fn validate(&self, schema: &SchemaRef, record: &[u8]) -> Result<()> {
+        validate(schema, *self, record)
+    }
+
+    fn decode_all(&self, schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch> {
+        decode_text(schema, *self, records)
+    }
+}
+
+fn decode_text(schema: &SchemaRef, encoding: Encoding, records: &[&[u8]]) -> Result<RecordBatch> {
     let mut buf = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
     for r in records {
         if r.iter().all(u8::is_ascii_whitespace) {
@@ -176,6 +199,13 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
                 Ok(DataType::UInt64) => Some((0, u64::MAX.into())),
                 _ => None,
             };
+            if let Ok(DataType::Struct(children)) = &data_type {
+                // A nested object (a Debezium row): the same checks inside.
+                let schema: SchemaRef =
+                    Arc::new(datafusion::arrow::datatypes::Schema::new(children.clone()));
+                map.next_value_seed(Nested { schema: &schema })?;
+                continue;
+            }
             let Some((min, max)) = range else {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
@@ -208,6 +238,44 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
     }
 }
 
+/// A nested object's value: null, or an object checked like the record.
+struct Nested<'a> {
+    schema: &'a SchemaRef,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Nested<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Nested<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object or null")
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<(), A::Error> {
+        serde::de::Visitor::visit_map(
+            Fields {
+                schema: self.schema,
+            },
+            map,
+        )
+    }
+}
+
 /// Checks decoded rows, given the index of each row's record.
 pub type Check<'a> = &'a dyn Fn(&RecordBatch, &[usize]) -> Result<()>;
 
@@ -215,20 +283,20 @@ pub type Check<'a> = &'a dyn Fn(&RecordBatch, &[usize]) -> Result<()>;
 /// NULL, keys), which counts their records as bad too.
 pub fn decode(
     schema: &SchemaRef,
-    encoding: Encoding,
+    format: &dyn RecordFormat,
     records: &[&[u8]],
     check: Check<'_>,
 ) -> Result<Decoded> {
     let mut bad = Vec::new();
     let mut valid = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
-        match validate(schema, encoding, record) {
+        match format.validate(schema, record) {
             Ok(()) => valid.push(i),
             Err(e) => bad.push((i, e.to_string())),
         }
     }
     if bad.is_empty() {
-        if let Ok(batch) = decode_all(schema, encoding, records) {
+        if let Ok(batch) = format.decode_all(schema, records) {
             if check(&batch, &valid).is_ok() {
                 return Ok(Decoded {
                     batch,
@@ -242,10 +310,12 @@ pub fn decode(
     let mut rows_of = Vec::new();
     for i in valid {
         let record = &records[i];
-        match decode_all(schema, encoding, std::slice::from_ref(record)).and_then(|b| {
-            check(&b, &[i])?;
-            Ok(b)
-        }) {
+        match format
+            .decode_all(schema, std::slice::from_ref(record))
+            .and_then(|b| {
+                check(&b, &[i])?;
+                Ok(b)
+            }) {
             Ok(b) => {
                 good.push(b);
                 rows_of.push(i);
@@ -322,7 +392,7 @@ mod tests {
     fn good_records_decode_together_and_bad_ones_are_set_aside() {
         let ok: Check<'_> = &|_, _| Ok(());
         let records: Vec<&[u8]> = vec![br#"{"id": 1, "name": "a"}"#, br#"{"id": 2}"#];
-        let d = decode(&schema(), Encoding::Json, &records, ok).expect("decode");
+        let d = decode(&schema(), &Encoding::Json, &records, ok).expect("decode");
         assert_eq!(d.batch.num_rows(), 2);
         assert!(d.bad.is_empty());
 
@@ -333,7 +403,7 @@ mod tests {
             b"",
             br#"{"id": 4, "name": "d"}"#,
         ];
-        let d = decode(&schema(), Encoding::Json, &records, ok).expect("decode");
+        let d = decode(&schema(), &Encoding::Json, &records, ok).expect("decode");
         assert_eq!(d.rows_of, vec![0, 4]);
         assert_eq!(
             d.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
@@ -354,11 +424,11 @@ mod tests {
             Ok(())
         };
         let records: Vec<&[u8]> = vec![br#"{"name": "a"}"#, br#"{"id": 2}"#];
-        let d = decode(&schema(), Encoding::Json, &records, no_null_ids).expect("decode");
+        let d = decode(&schema(), &Encoding::Json, &records, no_null_ids).expect("decode");
         assert_eq!(d.rows_of, vec![1]);
 
         let records: Vec<&[u8]> = vec![b"1,a", b"2,b,c", b"3,c"];
-        let d = decode(&schema(), Encoding::Csv, &records, ok).expect("decode");
+        let d = decode(&schema(), &Encoding::Csv, &records, ok).expect("decode");
         assert_eq!(d.rows_of, vec![0, 2]);
         let names = d
             .batch
@@ -416,7 +486,7 @@ mod tests {
             ),
         ];
         for (records, good, refused) in json {
-            let d = decode(&schema(), Encoding::Json, &records, ok).expect("decode");
+            let d = decode(&schema(), &Encoding::Json, &records, ok).expect("decode");
             assert_eq!(d.rows_of, good, "{records:?}");
             assert_eq!(
                 d.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
@@ -431,7 +501,7 @@ mod tests {
             (vec![b"1,\"line\nbreak\"", b"2,b"], vec![0, 1], vec![]),
         ];
         for (records, good, refused) in csv {
-            let d = decode(&schema(), Encoding::Csv, &records, ok).expect("decode");
+            let d = decode(&schema(), &Encoding::Csv, &records, ok).expect("decode");
             assert_eq!(d.rows_of, good, "{records:?}");
             assert_eq!(
                 d.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),

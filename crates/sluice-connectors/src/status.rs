@@ -21,6 +21,9 @@ pub struct SourceStatus {
     lag: AtomicI64,
     rejected: AtomicU64,
     state: Mutex<String>,
+    /// What the client last reported on its own (a refused certificate or
+    /// password), until the next success.
+    client_error: Mutex<Option<String>>,
 }
 
 /// The most bytes of an error text a status, a log line or a dead-letter
@@ -51,6 +54,7 @@ impl SourceStatus {
             lag: AtomicI64::new(-1),
             rejected: AtomicU64::new(0),
             state: Mutex::new("starting".to_owned()),
+            client_error: Mutex::new(None),
         }
     }
 
@@ -67,6 +71,25 @@ impl SourceStatus {
 
     pub(crate) fn set_lag(&self, lag: i64) {
         self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    /// Records what the client reported on its own (shown with the next
+    /// retry), or clears it after a success.
+    pub(crate) fn set_client_error(&self, reason: Option<String>) {
+        if let Ok(mut e) = self.client_error.lock() {
+            *e = reason;
+        }
+    }
+
+    /// `retrying: <error>`, led by the client's own report when there is
+    /// one (librdkafka's words name the setting to fix; the error of the
+    /// failed call is often only "transport failure").
+    pub(crate) fn set_retrying(&self, error: &str) {
+        let client = self.client_error.lock().ok().and_then(|e| e.clone());
+        self.set_state(match client {
+            Some(c) => format!("retrying: {} ({})", bounded(&c), bounded(error)),
+            None => format!("retrying: {}", bounded(error)),
+        });
     }
 
     pub(crate) fn set_state(&self, state: String) {

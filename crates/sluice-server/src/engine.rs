@@ -20,7 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sluice_catalog::{Catalog, SluiceSchema};
 use sluice_common::{Result, SluiceError};
-use sluice_connectors::{sinks_table, sources_table, Sources};
+use sluice_connectors::{sinks_table, sources_table, Policy, Sources};
 use sluice_planner::{Dataflow, DataflowOptions};
 use sluice_sql::Statement;
 use sluice_state::StateBackend;
@@ -92,7 +92,11 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens the catalog in `store`, sets up the query context and resumes
     /// maintaining every view.
-    pub async fn open(store: Arc<dyn StateBackend>, options: DataflowOptions) -> Result<Self> {
+    pub async fn open(
+        store: Arc<dyn StateBackend>,
+        options: DataflowOptions,
+        policy: Policy,
+    ) -> Result<Self> {
         let catalog = Catalog::open(store)?;
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
@@ -100,7 +104,7 @@ impl Engine {
         let ctx = SessionContext::new_with_config(config);
         let provider = MemoryCatalogProvider::new();
         let schema = Arc::new(SluiceSchema::new(catalog.clone()));
-        let sources = Sources::new(catalog.clone())?;
+        let sources = Sources::new(catalog.clone(), policy)?;
         schema.register_system_table("sluice_sources", Arc::new(sources_table(sources.clone())));
         schema.register_system_table("sluice_sinks", Arc::new(sinks_table(sources.clone())));
         provider.register_schema("public", schema.clone())?;

@@ -72,7 +72,17 @@ impl Server {
             operator_cache_bytes: config.operator_cache_mb << 20,
             late_events_retention: config.late_events_retention,
         };
-        let engine = Arc::new(Engine::open(store, options).await?);
+        let engine = Arc::new(
+            Engine::open(
+                store,
+                options,
+                sluice_connectors::Policy {
+                    extra_properties: config.kafka_allowed_properties.clone(),
+                    file_dirs: config.allowed_file_dirs.clone(),
+                },
+            )
+            .await?,
+        );
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))
         })?;

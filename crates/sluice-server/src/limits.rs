@@ -40,9 +40,11 @@ pub fn register<C: ClientInfo>(client: &C, manager: &Arc<ConnectionManager>) {
 /// Whether `statement` only reads, so that stopping it loses nothing.
 pub fn read_only(statement: &Statement) -> bool {
     match statement {
-        Statement::ShowRelations(_) | Statement::Describe(_) | Statement::ExplainCreateView(_) => {
-            true
-        }
+        Statement::ShowRelations(_)
+        | Statement::Describe(_)
+        | Statement::ExplainCreateView(_)
+        | Statement::ShowConnections
+        | Statement::DescribeConnection(_) => true,
         Statement::Sql(sql) => match sql.as_ref() {
             ast::Statement::Query(_) | ast::Statement::ShowVariable { .. } => true,
             ast::Statement::Explain {

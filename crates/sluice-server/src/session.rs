@@ -125,7 +125,7 @@ impl SimpleQueryHandler for SessionService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        tracing::debug!(query, "simple query");
+        tracing::debug!(query = %sluice_sql::redact::redact(query), "simple query");
         let statements = parse(query).map_err(to_pgwire)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -193,7 +193,7 @@ impl QueryParser for StatementParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        tracing::debug!(sql, "parse");
+        tracing::debug!(sql = %sluice_sql::redact::redact(sql), "parse");
         let mut statements = parse(sql).map_err(to_pgwire)?;
         match statements.len() {
             0 => Ok(None),

@@ -30,8 +30,33 @@ pub enum Statement {
     /// `FLUSH`: returns once everything inserted before it is reflected in
     /// every view.
     Flush,
+    /// `CREATE CONNECTION [IF NOT EXISTS] name WITH (type = '...', ...)`.
+    CreateConnection(Box<CreateConnection>),
+    /// `DROP CONNECTION [IF EXISTS] name [, ...]`.
+    DropConnection {
+        /// `IF EXISTS`.
+        if_exists: bool,
+        /// The connections.
+        names: Vec<String>,
+    },
+    /// `SHOW CONNECTIONS`.
+    ShowConnections,
+    /// `DESCRIBE CONNECTION name`: its options, secrets hidden.
+    DescribeConnection(String),
     /// Any other statement, as sqlparser parsed it.
     Sql(Box<ast::Statement>),
+}
+
+/// `CREATE CONNECTION name WITH (...)`: client options that many sources
+/// and sinks share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateConnection {
+    /// The name (normalized).
+    pub name: String,
+    /// `IF NOT EXISTS`.
+    pub if_not_exists: bool,
+    /// The options, as written.
+    pub options: Vec<(String, String)>,
 }
 
 /// Streams are append-only; tables hold the latest row per primary key.

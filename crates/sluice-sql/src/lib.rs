@@ -6,12 +6,14 @@ pub mod ast;
 pub mod limits;
 pub mod naming;
 pub mod parser;
+pub mod redact;
 mod temporal;
 pub mod types;
 pub mod windows;
 
 pub use ast::{
-    ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,
+    ColumnDef, CreateConnection, CreateRelation, CreateSink, CreateView, Drop, RelationKind,
+    Statement, WatermarkDef,
 };
 pub use parser::{normalize_ident, object_name, parse, parse_view_query};
 pub use temporal::as_of_column;

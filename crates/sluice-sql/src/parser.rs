@@ -10,7 +10,8 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use sluice_common::{Result, SluiceError};
 
 use crate::ast::{
-    ColumnDef, CreateRelation, CreateSink, CreateView, Drop, RelationKind, Statement, WatermarkDef,
+    ColumnDef, CreateConnection, CreateRelation, CreateSink, CreateView, Drop, RelationKind,
+    Statement, WatermarkDef,
 };
 use crate::types::SqlType;
 
@@ -107,6 +108,43 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
             from,
             options,
         })));
+    }
+    if peek_words(parser, &["create", "connection"]) {
+        parser.next_token();
+        parser.next_token();
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = object_name(&parser.parse_object_name(false)?)?;
+        parser.expect_keyword_is(Keyword::WITH)?;
+        let options = with_options(parser)?;
+        return Ok(Statement::CreateConnection(Box::new(CreateConnection {
+            name,
+            if_not_exists,
+            options,
+        })));
+    }
+    if peek_words(parser, &["drop", "connection"]) {
+        parser.next_token();
+        parser.next_token();
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let names = parser
+            .parse_comma_separated(|p| p.parse_object_name(false))?
+            .iter()
+            .map(object_name)
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Statement::DropConnection { if_exists, names });
+    }
+    if peek_words(parser, &["show", "connections"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(Statement::ShowConnections);
+    }
+    if peek_words(parser, &["describe", "connection"])
+        || peek_words(parser, &["desc", "connection"])
+    {
+        parser.next_token();
+        parser.next_token();
+        let name = object_name(&parser.parse_object_name(false)?)?;
+        return Ok(Statement::DescribeConnection(name));
     }
     if peek_words(parser, &["show", "sinks"]) {
         parser.next_token();
@@ -229,11 +267,13 @@ fn parse_create_relation(parser: &mut Parser, kind: RelationKind) -> Result<Stat
             Some("declare the columns, then fill it with INSERT INTO ... SELECT"),
         ));
     }
-    parser.expect_token(&Token::LParen)?;
     let mut columns = Vec::new();
     let mut primary_key = Vec::new();
     let mut watermark = None;
-    loop {
+    // No column list: the columns come from the source (an Avro schema in
+    // the registry), or the statement is refused later.
+    let declared = parser.consume_token(&Token::LParen);
+    while declared {
         if next_word(parser, "watermark") {
             parser.expect_keyword_is(Keyword::FOR)?;
             let column = normalize_ident(&parser.parse_identifier()?);

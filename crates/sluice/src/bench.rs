@@ -189,7 +189,7 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
-    let engine = Engine::open(store, DataflowOptions::default()).await?;
+    let engine = Engine::open(store, DataflowOptions::default(), Default::default()).await?;
     run_sql(
         &engine,
         "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)",

@@ -161,6 +161,16 @@ struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "SLUICE_STARTUP_TIMEOUT_MS", value_name = "MS")]
     startup_timeout_ms: Option<u64>,
+
+    /// A directory whose files SQL may name (Kafka certificates and keys);
+    /// repeat for more [default: none].
+    #[arg(
+        long = "allowed-file-dir",
+        env = "SLUICE_ALLOWED_FILE_DIRS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    allowed_file_dirs: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -212,6 +222,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.startup_timeout_ms {
             config.startup_timeout_ms = v;
+        }
+        if !self.allowed_file_dirs.is_empty() {
+            config.allowed_file_dirs = self.allowed_file_dirs;
         }
         Ok(config)
     }

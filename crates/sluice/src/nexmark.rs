@@ -202,7 +202,7 @@ pub async fn run_query(name: &str, s: &Settings) -> anyhow::Result<QueryReport> 
         operator_cache_bytes: s.operator_cache_mb << 20,
         ..DataflowOptions::default()
     };
-    let engine = Engine::open(store, options).await?;
+    let engine = Engine::open(store, options, Default::default()).await?;
     for kind in kinds {
         run_sql(&engine, &stream_ddl(*kind, s)?).await?;
     }

@@ -19,7 +19,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, differential, drivers, fuzz, kafka, limits, nexmark, slt};
+use harness::{crash, differential, drivers, files, fuzz, kafka, limits, nexmark, slt};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 14] = [
+        let scenarios: [(&str, Scenario); 18] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -131,6 +131,19 @@ fn main() {
             }),
             ("kafka: sinks route records the broker refuses", || {
                 Box::pin(kafka::sinks_route_refused_records())
+            }),
+            ("kafka: avro through the schema registry", || {
+                Box::pin(kafka::avro_through_the_registry())
+            }),
+            ("kafka: debezium changelogs in and out", || {
+                Box::pin(kafka::debezium_changelog())
+            }),
+            (
+                "files: json, csv and parquet over a growing directory",
+                || Box::pin(files::files_over_a_growing_directory()),
+            ),
+            ("kafka: sources and sinks over TLS", || {
+                Box::pin(kafka::tls_to_the_broker())
             }),
             ("kafka: scan_startup, csv, metadata columns", || {
                 Box::pin(kafka::startup_csv_and_metadata())

@@ -1,5 +1,223 @@
-//! Kafka, through rdkafka (librdkafka).
+//! Kafka, through rdkafka (librdkafka): sources for streams and tables,
+//! and sinks.
 
+pub mod client;
 pub mod options;
+pub mod properties;
 pub mod sink;
 pub(crate) mod source;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sluice_catalog::Relation;
+use sluice_common::{ObjectKind, Result, SluiceError};
+use sluice_sql::{CreateRelation, RelationKind};
+
+use crate::connector::{Connector, Context, OptionDoc, Running};
+use crate::registry::{Registry, RegistryOptions};
+use crate::status::SourceStatus;
+use crate::SpawnSink;
+use options::{KafkaSink, KafkaSource};
+
+/// The Kafka connector.
+#[derive(Debug)]
+pub struct Kafka;
+
+const fn doc(name: &'static str, doc: &'static str) -> OptionDoc {
+    OptionDoc { name, doc }
+}
+
+/// The client options sources and sinks share.
+const CLIENT_OPTIONS: &[OptionDoc] = &[
+    doc(
+        "bootstrap_servers",
+        "host:port[,...] (default localhost:9092)",
+    ),
+    doc(
+        "security_protocol",
+        "PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL",
+    ),
+    doc("sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    doc("sasl_username", "the SASL user"),
+    doc("sasl_password", "the SASL password (secret: never shown)"),
+    doc(
+        "ssl_ca_location",
+        "CA certificate file, under allowed_file_dirs",
+    ),
+    doc("ssl_ca_pem", "CA certificate, PEM text"),
+    doc(
+        "ssl_certificate_location",
+        "client certificate file, under allowed_file_dirs",
+    ),
+    doc("ssl_certificate_pem", "client certificate, PEM text"),
+    doc(
+        "ssl_key_location",
+        "client key file, under allowed_file_dirs",
+    ),
+    doc("ssl_key_pem", "client key, PEM text (secret)"),
+    doc("ssl_key_password", "the client key's password (secret)"),
+    doc(
+        "ssl_endpoint_identification_algorithm",
+        "https (default: check the broker's host name) or none",
+    ),
+];
+
+const SOURCE_OPTIONS: &[OptionDoc] = &[
+    doc("topic", "the topic read (every partition)"),
+    doc(
+        "format",
+        "json, csv or avro (streams), upsert_json or debezium_json (tables)",
+    ),
+    doc(
+        "schema_registry",
+        "avro: a schema_registry connection, or the registry's URL",
+    ),
+    doc("scan_startup", "earliest (default), latest, or a time"),
+    doc(
+        "on_error",
+        "skip (default), fail or dead_letter: what a bad record does",
+    ),
+    doc(
+        "dead_letter_topic",
+        "where on_error = 'dead_letter' writes bad records",
+    ),
+];
+
+const SINK_OPTIONS: &[OptionDoc] = &[
+    doc("topic", "the topic written"),
+    doc(
+        "format",
+        "json or avro (every change, with op), upsert_json (keyed, tombstones), debezium_json",
+    ),
+    doc(
+        "schema_registry",
+        "avro: a schema_registry connection, or the registry's URL",
+    ),
+    doc(
+        "primary_key",
+        "upsert_json: the key columns, when Sluice cannot tell them",
+    ),
+    doc(
+        "on_error",
+        "fail (default), skip or dead_letter: what a refused record does",
+    ),
+    doc(
+        "dead_letter_topic",
+        "where on_error = 'dead_letter' writes refused records",
+    ),
+];
+
+/// The schema registry `schema_registry` names: a connection of type
+/// `schema_registry`, or a URL.
+pub fn registry(cx: &Context, name: Option<&str>) -> Result<Option<Registry>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let options = if name.starts_with("http://") || name.starts_with("https://") {
+        let mut o = BTreeMap::new();
+        o.insert("url".to_owned(), name.to_owned());
+        RegistryOptions::parse("schema_registry", &o, &cx.policy)?
+    } else {
+        let connection =
+            cx.catalog
+                .connection(name)?
+                .ok_or_else(|| SluiceError::UndefinedObject {
+                    kind: ObjectKind::Connection,
+                    name: name.to_owned(),
+                })?;
+        if connection.kind != "schema_registry" {
+            return Err(SluiceError::InvalidOption {
+                message: format!(
+                    "schema_registry names connection \"{name}\", which is a {} connection",
+                    connection.kind
+                ),
+                hint: Some(
+                    "name a connection created WITH (type = 'schema_registry', url = '...')"
+                        .to_owned(),
+                ),
+            });
+        }
+        RegistryOptions::parse(
+            &format!("connection \"{name}\""),
+            &connection.options,
+            &cx.policy,
+        )?
+    };
+    Ok(Some(Registry::new(options)?))
+}
+
+impl Connector for Kafka {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn source_options(&self) -> Vec<OptionDoc> {
+        [SOURCE_OPTIONS, CLIENT_OPTIONS].concat()
+    }
+
+    fn sink_options(&self) -> Vec<OptionDoc> {
+        [SINK_OPTIONS, CLIENT_OPTIONS].concat()
+    }
+
+    fn connection_options(&self) -> Vec<OptionDoc> {
+        CLIENT_OPTIONS.to_vec()
+    }
+
+    fn prefixes(&self) -> &'static [&'static str] {
+        &["properties."]
+    }
+
+    fn check_source(
+        &self,
+        cx: &Context,
+        create: &CreateRelation,
+        options: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let parsed = KafkaSource::parse(create.kind, &create.name, options, &cx.policy)?;
+        registry(cx, parsed.schema_registry.as_deref()).map(|_| ())
+    }
+
+    fn start_source(
+        &self,
+        cx: &Context,
+        relation: Arc<Relation>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Running> {
+        let parsed = KafkaSource::parse(relation.kind(), relation.name(), options, &cx.policy)?;
+        let registry = registry(cx, parsed.schema_registry.as_deref())?;
+        let status = Arc::new(SourceStatus::new(relation.name(), &parsed.topic));
+        let task = tokio::spawn(source::run(
+            cx.catalog.clone(),
+            relation,
+            parsed,
+            registry,
+            status.clone(),
+        ));
+        Ok((status, task))
+    }
+
+    fn sink(
+        &self,
+        cx: &Context,
+        name: &str,
+        options: &BTreeMap<String, String>,
+        key: Vec<usize>,
+        from: RelationKind,
+    ) -> Result<(Arc<SourceStatus>, SpawnSink)> {
+        let options = KafkaSink::parse(name, options, &cx.policy)?;
+        let registry = registry(cx, options.schema_registry.as_deref())?;
+        let status = Arc::new(SourceStatus::new(name, &options.topic));
+        let spec = sink::SinkSpec {
+            options,
+            key,
+            with_op: from != RelationKind::Stream,
+            registry,
+        };
+        let (name, task_status) = (name.to_owned(), status.clone());
+        let spawn: SpawnSink = Box::new(move |inbox, env| {
+            tokio::spawn(sink::run(spec, name, task_status, inbox, env))
+        });
+        Ok((status, spawn))
+    }
+}

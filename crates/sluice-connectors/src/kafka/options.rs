@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use sluice_common::{Result, SluiceError};
 use sluice_sql::RelationKind;
 
+use crate::kafka::properties::{Policy, Settings};
+
 /// How records are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -17,6 +19,10 @@ pub enum Format {
     /// bare value of a one-column key), the value the row; a null value
     /// deletes the key. Sinks: keyed records, a tombstone per delete.
     UpsertJson,
+    /// Avro in the schema registry's wire format (streams, and sinks).
+    Avro,
+    /// Debezium change events in JSON (tables keyed by the primary key).
+    DebeziumJson,
 }
 
 /// Where a source starts when it has no stored position.
@@ -54,8 +60,11 @@ pub struct KafkaSource {
     pub startup: Startup,
     /// What to do with bad records.
     pub on_error: OnError,
-    /// `properties.*`, passed to the client as is.
-    pub properties: Vec<(String, String)>,
+    /// Client settings: the security options and `properties.*`, checked
+    /// against the allow-list.
+    pub properties: Settings,
+    /// `schema_registry`: a connection name or a URL (Avro).
+    pub schema_registry: Option<String>,
 }
 
 /// The options of a Kafka sink.
@@ -70,8 +79,11 @@ pub struct KafkaSink {
     /// What to do with a record the broker refuses for good (too large,
     /// invalid) or that cannot be encoded. Default: `fail`.
     pub on_error: OnError,
-    /// `properties.*`, passed to the client as is.
-    pub properties: Vec<(String, String)>,
+    /// Client settings: the security options and `properties.*`, checked
+    /// against the allow-list.
+    pub properties: Settings,
+    /// `schema_registry`: a connection name or a URL (Avro).
+    pub schema_registry: Option<String>,
 }
 
 /// `on_error` and `dead_letter_topic`; `default` when `on_error` is unset.
@@ -119,10 +131,10 @@ fn invalid(message: String, hint: &str) -> SluiceError {
     }
 }
 
-/// Topic, bootstrap servers and client properties.
-type Common = (String, String, Vec<(String, String)>);
+/// Topic, bootstrap servers and client settings.
+type Common = (String, String, Settings);
 
-fn common(options: &BTreeMap<String, String>, what: &str) -> Result<Common> {
+fn common(options: &BTreeMap<String, String>, what: &str, policy: &Policy) -> Result<Common> {
     let topic = options
         .get("topic")
         .filter(|t| !t.is_empty())
@@ -137,14 +149,29 @@ fn common(options: &BTreeMap<String, String>, what: &str) -> Result<Common> {
         .get("bootstrap_servers")
         .cloned()
         .unwrap_or_else(|| "localhost:9092".to_owned());
-    let properties = options
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("properties.")
-                .map(|k| (k.to_owned(), v.clone()))
-        })
-        .collect();
+    let properties = Settings::parse(options, policy)?;
     Ok((topic, bootstrap_servers, properties))
+}
+
+/// `schema_registry`, required by (and only taken with) Avro.
+fn schema_registry(
+    options: &BTreeMap<String, String>,
+    format: Format,
+    what: &str,
+) -> Result<Option<String>> {
+    match (options.get("schema_registry"), format) {
+        (Some(r), Format::Avro) => Ok(Some(r.clone())),
+        (None, Format::Avro) => Err(invalid(
+            format!("format 'avro' needs option \"schema_registry\" for {what}"),
+            "add schema_registry = 'connection name' (CREATE CONNECTION ... type = 'schema_registry') \
+             or schema_registry = 'http://host:8081'",
+        )),
+        (Some(_), _) => Err(invalid(
+            format!("schema_registry is set but the format of {what} is not 'avro'"),
+            "add format = 'avro'",
+        )),
+        (None, _) => Ok(None),
+    }
 }
 
 /// Parses a timestamp option: milliseconds since the epoch, or a
@@ -164,13 +191,34 @@ impl KafkaSource {
         kind: RelationKind,
         name: &str,
         options: &BTreeMap<String, String>,
+        policy: &Policy,
     ) -> Result<Self> {
         let what = format!("{kind} \"{name}\"");
-        let (topic, bootstrap_servers, properties) = common(options, &what)?;
+        let (topic, bootstrap_servers, properties) = common(options, &what, policy)?;
         let format = match (options.get("format").map(String::as_str), kind) {
             (None | Some("json"), RelationKind::Stream) => Format::Json,
             (Some("csv"), RelationKind::Stream) => Format::Csv,
+            (Some("avro"), RelationKind::Stream) => Format::Avro,
+            (Some("avro" | "upsert_avro"), RelationKind::Table) => {
+                return Err(SluiceError::not_supported(
+                    format!(
+                        "format \"{}\" for tables",
+                        options
+                            .get("format")
+                            .map(String::as_str)
+                            .unwrap_or_default()
+                    ),
+                    Some("this version reads Avro into streams; a table reads upsert_json"),
+                ))
+            }
             (None | Some("json" | "upsert_json"), RelationKind::Table) => Format::UpsertJson,
+            (Some("debezium_json"), RelationKind::Table) => Format::DebeziumJson,
+            (Some("debezium_json"), RelationKind::Stream) => {
+                return Err(invalid(
+                    format!("format \"debezium_json\" needs a table, but \"{name}\" is a {kind}"),
+                    "declare the changed rows as a TABLE with the source table's PRIMARY KEY",
+                ))
+            }
             (Some("upsert_json"), _) => {
                 return Err(invalid(
                     format!("format \"upsert_json\" needs a table, but \"{name}\" is a {kind}"),
@@ -186,7 +234,7 @@ impl KafkaSource {
             (Some(other), RelationKind::Stream | RelationKind::Table) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "formats: json, csv (streams), upsert_json (tables)",
+                    "formats: json, csv, avro (streams), upsert_json, debezium_json (tables)",
                 ))
             }
             (_, RelationKind::View | RelationKind::Sink) => {
@@ -208,6 +256,7 @@ impl KafkaSource {
             })?),
         };
         let on_error = on_error(options, &what, OnError::Skip)?;
+        let schema_registry = schema_registry(options, format, &what)?;
         Ok(KafkaSource {
             topic,
             bootstrap_servers,
@@ -215,67 +264,37 @@ impl KafkaSource {
             startup,
             on_error,
             properties,
+            schema_registry,
         })
     }
 }
 
-/// The options a sink accepts.
-pub const SINK_OPTIONS: &[&str] = &[
-    "connector",
-    "topic",
-    "bootstrap_servers",
-    "format",
-    "primary_key",
-    "on_error",
-    "dead_letter_topic",
-];
-
 impl KafkaSink {
     /// Checks the options of `CREATE SINK name FROM ... WITH (...)`.
-    pub fn parse(name: &str, options: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn parse(name: &str, options: &BTreeMap<String, String>, policy: &Policy) -> Result<Self> {
         let what = format!("sink \"{name}\"");
-        match options.get("connector").map(String::as_str) {
-            Some("kafka") => {}
-            Some(other) => {
-                return Err(invalid(
-                    format!("unknown connector \"{other}\" for {what}"),
-                    "available connectors: kafka",
-                ))
-            }
-            None => {
-                return Err(invalid(
-                    format!("{what} needs option \"connector\""),
-                    "add connector = 'kafka' to WITH (...)",
-                ))
-            }
-        }
-        for key in options.keys() {
-            if !SINK_OPTIONS.contains(&key.as_str()) && !key.starts_with("properties.") {
-                return Err(invalid(
-                    format!("unrecognized option \"{key}\" for {what}"),
-                    "accepted options: connector, topic, bootstrap_servers, format, primary_key, \
-                     on_error, dead_letter_topic, properties.*",
-                ));
-            }
-        }
-        let (topic, bootstrap_servers, properties) = common(options, &what)?;
+        let (topic, bootstrap_servers, properties) = common(options, &what, policy)?;
         let format = match options.get("format").map(String::as_str) {
             None | Some("json") => Format::Json,
             Some("upsert_json") => Format::UpsertJson,
+            Some("avro") => Format::Avro,
+            Some("debezium_json") => Format::DebeziumJson,
             Some(other) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "sink formats: json (every change, with an op field), upsert_json (keyed, tombstones on delete)",
+                    "sink formats: json (every change, with an op field), upsert_json (keyed, tombstones on delete), avro (every change, with op), debezium_json (before/after per change)",
                 ))
             }
         };
         let on_error = on_error(options, &what, OnError::Fail)?;
+        let schema_registry = schema_registry(options, format, &what)?;
         Ok(KafkaSink {
             topic,
             bootstrap_servers,
             format,
             on_error,
             properties,
+            schema_registry,
         })
     }
 }
@@ -301,16 +320,22 @@ mod tests {
                 ("scan_startup", "2024-05-01 10:00:00"),
                 ("properties.fetch.min.bytes", "1"),
             ]),
+            &Policy::default(),
         )
         .expect("valid");
         assert_eq!(s.format, Format::Json);
         assert_eq!(s.startup, Startup::Timestamp(1_714_557_600_000));
         assert_eq!(
-            s.properties,
-            vec![("fetch.min.bytes".to_owned(), "1".to_owned())]
+            s.properties.iter().collect::<Vec<_>>(),
+            vec![("fetch.min.bytes", "1")]
         );
-        let t =
-            KafkaSource::parse(RelationKind::Table, "t", &opts(&[("topic", "t")])).expect("valid");
+        let t = KafkaSource::parse(
+            RelationKind::Table,
+            "t",
+            &opts(&[("topic", "t")]),
+            &Policy::default(),
+        )
+        .expect("valid");
         assert_eq!(t.format, Format::UpsertJson);
         for (kind, bad, needle) in [
             (RelationKind::Stream, vec![], "needs option \"topic\""),
@@ -326,8 +351,18 @@ mod tests {
             ),
             (
                 RelationKind::Stream,
-                vec![("topic", "t"), ("format", "avro")],
+                vec![("topic", "t"), ("format", "protobuf")],
                 "unknown format",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("format", "avro")],
+                "needs option \"schema_registry\"",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("schema_registry", "r")],
+                "is not 'avro'",
             ),
             (
                 RelationKind::Stream,
@@ -345,7 +380,8 @@ mod tests {
                 "unknown on_error",
             ),
         ] {
-            let e = KafkaSource::parse(kind, "s", &opts(&bad)).expect_err(needle);
+            let e =
+                KafkaSource::parse(kind, "s", &opts(&bad), &Policy::default()).expect_err(needle);
             assert_eq!(e.sqlstate(), "22023");
             assert!(e.to_string().contains(needle), "{e}");
         }

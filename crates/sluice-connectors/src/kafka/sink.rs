@@ -27,8 +27,10 @@ use sluice_common::{ChangeBatch, Result, SluiceError};
 use sluice_dataflow::runtime::{Inbox, Message, TaskEnv};
 use sluice_state::StateTxn;
 
+use crate::avro::{avro_schema_for, AvroEncoder};
+use crate::kafka::client::{config as client_config, Reporting};
 use crate::kafka::options::{Format, KafkaSink, OnError};
-use crate::kafka::source::client_config;
+use crate::registry::{Registry, RegistryError};
 use crate::status::{bounded, SourceStatus};
 
 /// One record to produce.
@@ -47,6 +49,8 @@ pub struct SinkSpec {
     pub key: Vec<usize>,
     /// Whether `json` records carry an `op` field (the input can retract).
     pub with_op: bool,
+    /// The schema registry of an Avro sink.
+    pub registry: Option<Registry>,
 }
 
 fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
@@ -101,30 +105,12 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
                 })
                 .collect())
         }
-        _ => {
-            let batch = if spec.with_op {
-                let ops: ArrayRef = Arc::new(StringArray::from_iter_values(
-                    (0..batch.num_rows()).map(|i| {
-                        if changes.sign(i) > 0 {
-                            "insert"
-                        } else {
-                            "delete"
-                        }
-                    }),
-                ));
-                let mut fields: Vec<Field> = batch
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                fields.push(Field::new("op", DataType::Utf8, false));
-                let mut columns = batch.columns().to_vec();
-                columns.push(ops);
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
-            } else {
-                batch.clone()
-            };
+        Format::Avro => Err(SluiceError::internal(
+            "avro changes are encoded by the sink's encoder",
+        )),
+        Format::DebeziumJson => debezium_records(spec, changes),
+        Format::Json | Format::Csv => {
+            let batch = with_op(spec, changes)?;
             Ok(json_lines(&batch)?
                 .into_iter()
                 .map(|v| Record {
@@ -136,9 +122,166 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
     }
 }
 
-fn producer(options: &KafkaSink) -> Result<FutureProducer> {
+/// Debezium envelopes: `{"before": ..., "after": ..., "op": "c"|"u"|"d"}`
+/// per change; with key columns, a deleted row and an inserted row of the
+/// same key in one batch are one update (`u`), and records are keyed by
+/// the key (a JSON object), as Debezium keys them.
+fn debezium_records(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
+    let batch = &changes.batch;
+    let rows = json_lines(batch)?;
+    let keys = if spec.key.is_empty() {
+        None
+    } else {
+        Some(json_lines(&batch.project(&spec.key)?)?)
+    };
+    // For each key, the inserted rows not yet paired with a delete.
+    let mut inserts: HashMap<&[u8], std::collections::VecDeque<usize>> = HashMap::new();
+    if let Some(keys) = &keys {
+        for (i, k) in keys.iter().enumerate() {
+            if changes.sign(i) > 0 {
+                inserts.entry(k.as_slice()).or_default().push_back(i);
+            }
+        }
+    }
+    // Each delete takes an insert of its key (before or after it in the
+    // batch): the two are one update, written where the delete is.
+    let mut partner: Vec<Option<usize>> = vec![None; rows.len()];
+    let mut taken = vec![false; rows.len()];
+    if let Some(keys) = &keys {
+        for i in 0..rows.len() {
+            if changes.sign(i) < 0 {
+                if let Some(j) = inserts
+                    .get_mut(keys[i].as_slice())
+                    .and_then(|q| q.pop_front())
+                {
+                    partner[i] = Some(j);
+                    taken[j] = true;
+                }
+            }
+        }
+    }
+    let envelope = |before: Option<&[u8]>, after: Option<&[u8]>, op: &str| {
+        let mut v =
+            Vec::with_capacity(32 + before.map_or(4, <[u8]>::len) + after.map_or(4, <[u8]>::len));
+        v.extend_from_slice(b"{\"before\":");
+        v.extend_from_slice(before.unwrap_or(b"null"));
+        v.extend_from_slice(b",\"after\":");
+        v.extend_from_slice(after.unwrap_or(b"null"));
+        v.extend_from_slice(format!(",\"op\":\"{op}\"}}").as_bytes());
+        v
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        if taken[i] {
+            continue;
+        }
+        let value = match (changes.sign(i) > 0, partner[i]) {
+            (true, _) => envelope(None, Some(&rows[i]), "c"),
+            (false, Some(j)) => envelope(Some(&rows[i]), Some(&rows[j]), "u"),
+            (false, None) => envelope(Some(&rows[i]), None, "d"),
+        };
+        out.push(Record {
+            key: keys.as_ref().map(|k| k[i].clone()),
+            value: Some(value),
+        });
+    }
+    Ok(out)
+}
+
+/// The changed rows, with an `op` column (`insert` or `delete`) when the
+/// input can retract.
+fn with_op(spec: &SinkSpec, changes: &ChangeBatch) -> Result<RecordBatch> {
+    let batch = &changes.batch;
+    if !spec.with_op {
+        return Ok(batch.clone());
+    }
+    let ops: ArrayRef = Arc::new(StringArray::from_iter_values((0..batch.num_rows()).map(
+        |i| {
+            if changes.sign(i) > 0 {
+                "insert"
+            } else {
+                "delete"
+            }
+        },
+    )));
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("op", DataType::Utf8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(ops);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// An Avro sink's encoder, made at its first change: the schema of its
+/// rows (with `op`) registered as `<topic>-value`.
+struct AvroSink {
+    registry: Registry,
+    encoder: Option<AvroEncoder>,
+}
+
+impl AvroSink {
+    /// Records for `changes`, registering the schema first if needed
+    /// (retried while the registry is unreachable).
+    async fn encode(
+        &mut self,
+        spec: &SinkSpec,
+        changes: &ChangeBatch,
+        status: &SourceStatus,
+        name: &str,
+    ) -> Result<Vec<Record>> {
+        if changes.batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let batch = with_op(spec, changes)?;
+        if self.encoder.is_none() {
+            let (schema, avro) = avro_schema_for(&batch.schema())?;
+            let subject = format!("{}-value", spec.options.topic);
+            let mut backoff = Duration::from_millis(200);
+            let id = loop {
+                match self.registry.register(&subject, &avro.json_string).await {
+                    Ok(id) => break id,
+                    Err(RegistryError::Unavailable(e)) => {
+                        tracing::warn!(sink = %name, error = %e, "cannot register the Avro schema; retrying");
+                        status.set_state(format!("retrying: {}", bounded(&e)));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => return Err(SluiceError::from(e)),
+                }
+            };
+            tracing::info!(sink = %name, %subject, schema_id = id, "Avro schema registered");
+            status.set_state("running".to_owned());
+            self.encoder = Some(AvroEncoder::new(&schema, id)?);
+        }
+        let encoder = self
+            .encoder
+            .as_mut()
+            .ok_or_else(|| SluiceError::internal("avro encoder missing"))?;
+        Ok(encoder
+            .encode(&batch)?
+            .into_iter()
+            .map(|v| Record {
+                key: None,
+                value: Some(v),
+            })
+            .collect())
+    }
+}
+
+fn producer(
+    options: &KafkaSink,
+    name: &str,
+    status: &Arc<SourceStatus>,
+) -> Result<FutureProducer<Reporting>> {
     client_config(&options.bootstrap_servers, &options.properties)
-        .create()
+        .create_with_context(Reporting::new(name, status))
         .map_err(|e| SluiceError::Storage(format!("kafka: {e}")))
 }
 
@@ -161,7 +304,7 @@ fn refused_for_good(e: &KafkaError) -> bool {
 /// delivered, except those the broker refuses for good, which are
 /// returned with the reason.
 async fn deliver(
-    producer: &FutureProducer,
+    producer: &FutureProducer<Reporting>,
     topic: &str,
     records: Vec<Record>,
     status: &SourceStatus,
@@ -221,7 +364,7 @@ const DEAD_LETTER_VALUE_BYTES: usize = 64 * 1024;
 /// key, its value (cut to [`DEAD_LETTER_VALUE_BYTES`]), and headers saying
 /// why (bounded), from which sink and how long the value was.
 async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &FutureProducer<Reporting>,
     dead_letters: &str,
     sink: &str,
     topic: &str,
@@ -271,7 +414,7 @@ enum Routed {
 
 async fn route(
     spec: &SinkSpec,
-    producer: &FutureProducer,
+    producer: &FutureProducer<Reporting>,
     name: &str,
     status: &SourceStatus,
     refused: Vec<(Option<Record>, String)>,
@@ -320,7 +463,7 @@ pub async fn run(
     env: TaskEnv,
 ) {
     let producer = loop {
-        match producer(&spec.options) {
+        match producer(&spec.options, &name, &status) {
             Ok(p) => break p,
             Err(e) => {
                 status.set_state(format!("retrying: {e}"));
@@ -329,13 +472,20 @@ pub async fn run(
         }
     };
     status.set_state("running".to_owned());
+    let mut avro = spec.registry.clone().map(|registry| AvroSink {
+        registry,
+        encoder: None,
+    });
     let mut txn = StateTxn::new(env.store.clone());
     let mut pending: Vec<Record> = Vec::new();
     let mut failed = false;
     while let Some((_, message)) = inbox.recv().await {
         match message {
             Message::Data(_) if failed => {}
-            Message::Data(changes) => match encode(&spec, &changes) {
+            Message::Data(changes) => match match avro.as_mut() {
+                Some(a) => a.encode(&spec, &changes, &status, &name).await,
+                None => encode(&spec, &changes),
+            } {
                 Ok(records) => pending.extend(records),
                 Err(e) => {
                     let reason =
@@ -378,10 +528,12 @@ mod tests {
                 bootstrap_servers: "x".into(),
                 format,
                 on_error: OnError::Fail,
-                properties: vec![],
+                properties: Default::default(),
+                schema_registry: None,
             },
             key: vec![0],
             with_op,
+            registry: None,
         }
     }
 
@@ -414,6 +566,17 @@ mod tests {
                 r#"{"k":2,"n":null,"op":"delete"}"#
             ]
         );
+        let dbz = encode(&spec(Format::DebeziumJson, true), &changes).expect("debezium");
+        assert_eq!(
+            dbz.iter()
+                .map(|r| text(&r.value).unwrap_or_default())
+                .collect::<Vec<_>>(),
+            vec![
+                r#"{"before":{"k":1,"n":5},"after":{"k":1,"n":6},"op":"u"}"#,
+                r#"{"before":{"k":2,"n":null},"after":null,"op":"d"}"#
+            ]
+        );
+        assert_eq!(text(&dbz[1].key).as_deref(), Some(r#"{"k":2}"#));
         let upsert = encode(&spec(Format::UpsertJson, false), &changes).expect("upsert");
         assert_eq!(upsert.len(), 2);
         assert_eq!(text(&upsert[0].key).as_deref(), Some(r#"{"k":1}"#));

@@ -16,12 +16,16 @@ use datafusion::arrow::datatypes::SchemaRef;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_catalog::{Catalog, Ingest, Relation};
 use sluice_common::{Result, SluiceError};
 
-use crate::decode::{decode, key_record, project, with_columns, Encoding};
+use crate::avro::AvroFormat;
+use crate::debezium;
+use crate::decode::{decode, key_record, project, with_columns, Encoding, RecordFormat};
+use crate::kafka::client::{config as client_config, Reporting};
 use crate::kafka::options::{Format, KafkaSource, OnError, Startup};
+use crate::registry::Registry;
 use crate::status::{bounded, SourceStatus};
 
 /// Records that could not be read: index in the poll, and why.
@@ -38,14 +42,8 @@ fn kafka(e: rdkafka::error::KafkaError) -> SluiceError {
     SluiceError::Storage(format!("kafka: {e}"))
 }
 
-pub(crate) fn client_config(servers: &str, properties: &[(String, String)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", servers);
-    for (k, v) in properties {
-        config.set(k, v);
-    }
-    config
-}
+/// The consumer of a source.
+type SourceConsumer = StreamConsumer<Reporting>;
 
 /// Reads the source until it fails (with `on_error = 'fail'`), its relation
 /// is dropped, or the task is stopped; client errors are retried.
@@ -53,15 +51,18 @@ pub(crate) async fn run(
     catalog: Arc<Catalog>,
     relation: Arc<Relation>,
     options: KafkaSource,
+    registry: Option<Registry>,
     status: Arc<SourceStatus>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    // Kept across retries: the writer schemas fetched stay known.
+    let avro = registry.map(AvroFormat::new);
     loop {
-        match read(&catalog, &relation, &options, &status).await {
+        match read(&catalog, &relation, &options, avro.as_ref(), &status).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(source = %relation.name(), error = %e, "kafka source error; retrying");
-                status.set_state(format!("retrying: {e}"));
+                status.set_retrying(&e.to_string());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -69,7 +70,7 @@ pub(crate) async fn run(
     }
 }
 
-async fn partitions(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<Vec<i32>> {
+async fn partitions(consumer: &Arc<SourceConsumer>, topic: &str) -> Result<Vec<i32>> {
     let c = consumer.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Vec<i32>> {
@@ -91,6 +92,7 @@ async fn read(
     catalog: &Arc<Catalog>,
     relation: &Arc<Relation>,
     options: &KafkaSource,
+    avro: Option<&AvroFormat>,
     status: &Arc<SourceStatus>,
 ) -> Result<()> {
     let mut config = client_config(&options.bootstrap_servers, &options.properties);
@@ -98,7 +100,11 @@ async fn read(
         .set("group.id", format!("sluice-{}", relation.name()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
-    let consumer: Arc<StreamConsumer> = Arc::new(config.create().map_err(kafka)?);
+    let consumer: Arc<SourceConsumer> = Arc::new(
+        config
+            .create_with_context(Reporting::new(relation.name(), status))
+            .map_err(kafka)?,
+    );
     let parts = loop {
         let parts = partitions(&consumer, &options.topic).await?;
         if !parts.is_empty() {
@@ -126,15 +132,16 @@ async fn read(
             .map_err(kafka)?;
     }
     consumer.assign(&tpl).map_err(kafka)?;
-    let dead_letters: Option<(FutureProducer, String)> = match &options.on_error {
+    let dead_letters: Option<(FutureProducer<Reporting>, String)> = match &options.on_error {
         OnError::DeadLetter(topic) => Some((
             client_config(&options.bootstrap_servers, &options.properties)
-                .create()
+                .create_with_context(Reporting::new(relation.name(), status))
                 .map_err(kafka)?,
             topic.clone(),
         )),
         _ => None,
     };
+    status.set_client_error(None);
     status.set_state("running".to_owned());
     tracing::info!(source = %relation.name(), topic = %options.topic, partitions = parts.len(), "kafka source started");
     let mut lag_ticker = tokio::time::interval(Duration::from_secs(1));
@@ -187,7 +194,13 @@ async fn read(
             .iter()
             .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
             .sum();
-        let (mut parts_out, bad) = convert(relation, options.format, &messages)?;
+        if let Some(avro) = avro {
+            // The writer schemas first: a registry that cannot be asked
+            // retries the whole poll (nothing is skipped).
+            let payloads: Vec<&[u8]> = messages.iter().filter_map(|m| m.payload()).collect();
+            avro.prepare(&payloads).await?;
+        }
+        let (mut parts_out, bad) = convert(relation, options.format, avro, &messages)?;
         let mut upto = messages.len();
         if !bad.is_empty() {
             match &options.on_error {
@@ -223,7 +236,7 @@ async fn read(
                 }
                 OnError::Fail => {
                     upto = bad[0].0;
-                    (parts_out, _) = convert(relation, options.format, &messages[..upto])?;
+                    (parts_out, _) = convert(relation, options.format, avro, &messages[..upto])?;
                 }
             }
         }
@@ -242,6 +255,11 @@ async fn read(
             Err(e) => return Err(e),
         }
         tracing::debug!(source = %relation.name(), "written");
+        if !status.state().starts_with("running") {
+            // A client error reported earlier is over.
+            status.set_client_error(None);
+            status.set_state("running".to_owned());
+        }
         status.add(
             rows as u64,
             bytes,
@@ -268,7 +286,7 @@ async fn read(
 }
 
 async fn update_lag(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<SourceConsumer>,
     topic: &str,
     parts: &[i32],
     next: &BTreeMap<i32, i64>,
@@ -296,7 +314,7 @@ async fn update_lag(
 }
 
 async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &FutureProducer<Reporting>,
     topic: &str,
     message: &OwnedMessage,
     reason: &str,
@@ -402,17 +420,25 @@ fn with_metadata(
 }
 
 /// Turns messages into what to write, and the bad ones (index, reason).
-fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Result<Converted> {
+fn convert(
+    relation: &Relation,
+    format: Format,
+    avro: Option<&AvroFormat>,
+    messages: &[OwnedMessage],
+) -> Result<Converted> {
     let layout = layout(relation)?;
     let check = |b: &RecordBatch, records: &[usize]| {
         relation.check_rows(&with_metadata(relation, &layout, b, records, messages)?)
     };
     match format {
-        Format::Json | Format::Csv => {
-            let encoding = if format == Format::Csv {
-                Encoding::Csv
-            } else {
-                Encoding::Json
+        Format::Json | Format::Csv | Format::Avro => {
+            let encoding: &dyn RecordFormat = match (format, avro) {
+                (Format::Csv, _) => &Encoding::Csv,
+                (Format::Avro, Some(avro)) => avro,
+                (Format::Avro, None) => {
+                    return Err(SluiceError::internal("an Avro source without a registry"))
+                }
+                _ => &Encoding::Json,
             };
             let records: Vec<&[u8]> = messages
                 .iter()
@@ -423,6 +449,7 @@ fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Re
             let batch = relation.normalize_rows(batch)?;
             Ok((vec![Ingest::Append(batch)], d.bad))
         }
+        Format::DebeziumJson => debezium_changes(relation, &layout, messages),
         Format::UpsertJson => {
             let mut out = Vec::new();
             let mut bad = Vec::new();
@@ -447,6 +474,141 @@ fn convert(relation: &Relation, format: Format, messages: &[OwnedMessage]) -> Re
             Ok((out, bad))
         }
     }
+}
+
+/// Debezium envelopes: JSON, each one object with `op` (or a `payload`).
+struct DebeziumEnvelope;
+
+impl RecordFormat for DebeziumEnvelope {
+    fn validate(&self, schema: &SchemaRef, record: &[u8]) -> Result<()> {
+        Encoding::Json.validate(schema, record)?;
+        debezium::validate_envelope(record)
+    }
+
+    fn decode_all(&self, schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch> {
+        Encoding::Json.decode_all(schema, records)
+    }
+}
+
+/// A poll of Debezium events as upserts and deletes, in record order.
+fn debezium_changes(
+    relation: &Relation,
+    layout: &Layout,
+    messages: &[OwnedMessage],
+) -> Result<Converted> {
+    let value = layout.value_schema.clone();
+    let envelope = debezium::envelope_schema(&value);
+    // Tombstones (a null value after each delete) are skipped.
+    let present: Vec<usize> = (0..messages.len())
+        .filter(|&i| messages[i].payload().is_some())
+        .collect();
+    let records: Vec<&[u8]> = present
+        .iter()
+        .map(|&i| messages[i].payload().unwrap_or_default())
+        .collect();
+    let d = decode(&envelope, &DebeziumEnvelope, &records, &|_, _| Ok(()))?;
+    let mut bad: BadRecords = d
+        .bad
+        .iter()
+        .map(|(j, r)| (present[*j], r.clone()))
+        .collect();
+    let pk_names = key_names(relation);
+    let key: Vec<usize> = pk_names
+        .iter()
+        .map(|n| value.index_of(n))
+        .collect::<std::result::Result<_, _>>()?;
+    let events = debezium::events(&d.batch, &value, &key)?;
+    let message_of = |row: usize| present[d.rows_of[row]];
+    for (row, reason) in &events.bad {
+        bad.push((message_of(*row), reason.clone()));
+    }
+    // Consecutive upserts (or deletes) go together; order is kept.
+    let mut out: Vec<Ingest> = Vec::new();
+    let mut run: Vec<u32> = Vec::new();
+    let mut deleting = false;
+    let flush = |run: &mut Vec<u32>,
+                 deleting: bool,
+                 out: &mut Vec<Ingest>,
+                 bad: &mut BadRecords|
+     -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let idx = UInt32Array::from(std::mem::take(run));
+        if deleting {
+            let keys = take_record_batch(&events.before.project(&key)?, &idx)?;
+            let mut keep = Vec::new();
+            for r in 0..keys.num_rows() {
+                if keys.columns().iter().any(|c| c.is_null(r)) {
+                    bad.push((
+                        message_of(idx.value(r) as usize),
+                        "a Debezium delete whose \"before\" lacks the primary key".to_owned(),
+                    ));
+                } else {
+                    keep.push(r as u32);
+                }
+            }
+            let keys = take_record_batch(&keys, &UInt32Array::from(keep))?;
+            let keys = RecordBatch::try_new(
+                project(&relation.schema(), &relation.entry().primary_key)?,
+                keys.columns()
+                    .iter()
+                    .zip(relation.entry().primary_key.iter())
+                    .map(|(c, &i)| cast(c, relation.schema().field(i).data_type()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            )?;
+            out.push(Ingest::DeleteKeys(keys));
+        } else {
+            let rows = take_record_batch(&events.after, &idx)?;
+            let of: Vec<usize> = idx
+                .values()
+                .iter()
+                .map(|&r| d.rows_of[r as usize])
+                .collect();
+            let of_messages: Vec<usize> = of.iter().map(|&j| present[j]).collect();
+            let rows = relation.normalize_rows(with_metadata(
+                relation,
+                layout,
+                &rows,
+                &of_messages,
+                messages,
+            )?)?;
+            let mut keep = Vec::new();
+            if relation.check_rows(&rows).is_ok() {
+                keep.extend(0..rows.num_rows() as u32);
+            } else {
+                for r in 0..rows.num_rows() {
+                    match relation.check_rows(&rows.slice(r, 1)) {
+                        Ok(()) => keep.push(r as u32),
+                        Err(e) => bad.push((of_messages[r], e.to_string())),
+                    }
+                }
+            }
+            out.push(Ingest::Upsert(take_record_batch(
+                &rows,
+                &UInt32Array::from(keep),
+            )?));
+        }
+        Ok(())
+    };
+    for (row, op) in events.ops.iter().enumerate() {
+        let steps: &[bool] = match op {
+            None => &[],
+            Some(debezium::Op::Upsert) => &[false],
+            Some(debezium::Op::Delete) => &[true],
+            Some(debezium::Op::Move) => &[true, false],
+        };
+        for &del in steps {
+            if del != deleting {
+                flush(&mut run, deleting, &mut out, &mut bad)?;
+                deleting = del;
+            }
+            run.push(row as u32);
+        }
+    }
+    flush(&mut run, deleting, &mut out, &mut bad)?;
+    bad.sort_by_key(|(i, _)| *i);
+    Ok((out, bad))
 }
 
 fn key_names(relation: &Relation) -> Vec<String> {
@@ -503,7 +665,7 @@ fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> 
         }
         Ok(())
     };
-    let d = decode(&key_schema, Encoding::Json, &records, &no_nulls)?;
+    let d = decode(&key_schema, &Encoding::Json, &records, &no_nulls)?;
     bad.extend(
         d.bad
             .into_iter()
@@ -521,7 +683,7 @@ fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> R
         .iter()
         .map(|m| m.payload().unwrap_or(b""))
         .collect();
-    let mut values = decode(&layout.value_schema, Encoding::Json, &records, &|_, _| {
+    let mut values = decode(&layout.value_schema, &Encoding::Json, &records, &|_, _| {
         Ok(())
     })?;
     values.batch = with_metadata(relation, layout, &values.batch, &values.rows_of, messages)?;
@@ -536,7 +698,7 @@ fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> R
         .collect();
     let key_rows = decode(
         &key_schema,
-        Encoding::Json,
+        &Encoding::Json,
         &present.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
         &|_, _| Ok(()),
     )?;

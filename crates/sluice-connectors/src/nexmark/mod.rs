@@ -350,3 +350,58 @@ impl Replay for NexmarkReplay {
         })())
     }
 }
+
+/// The nexmark connector.
+#[derive(Debug)]
+pub struct Nexmark;
+
+const fn doc(name: &'static str, doc: &'static str) -> crate::connector::OptionDoc {
+    crate::connector::OptionDoc { name, doc }
+}
+
+impl crate::connector::Connector for Nexmark {
+    fn name(&self) -> &'static str {
+        "nexmark"
+    }
+
+    fn source_options(&self) -> Vec<crate::connector::OptionDoc> {
+        vec![
+            doc("kind", "person, auction or bid"),
+            doc("events", "events of all kinds to number (default: no end)"),
+            doc(
+                "event_rate",
+                "events per second of event time (default 10000000)",
+            ),
+            doc(
+                "base_time",
+                "the first event's time (default 2015-07-15 00:00:00)",
+            ),
+            doc("batch_size", "events per batch (default 8192)"),
+            doc("parallelism", "tasks generating the events (default 1)"),
+        ]
+    }
+
+    fn check_source(
+        &self,
+        _cx: &crate::connector::Context,
+        create: &CreateRelation,
+        options: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        NexmarkSource::parse(create.kind, &create.name, options)?.check_columns(create)
+    }
+
+    fn start_source(
+        &self,
+        cx: &crate::connector::Context,
+        relation: Arc<Relation>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<crate::connector::Running> {
+        let parsed = NexmarkSource::parse(relation.kind(), relation.name(), options)?;
+        let topic = format!("nexmark {}", parsed.kind.name());
+        let status = Arc::new(SourceStatus::new(relation.name(), &topic));
+        // Said before the task runs, so that it holds from CREATE on.
+        status.set_state("waiting for a view".to_owned());
+        let task = tokio::spawn(run(cx.catalog.clone(), relation, parsed, status.clone()));
+        Ok((status, task))
+    }
+}

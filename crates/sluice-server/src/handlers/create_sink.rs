@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 
 use sluice_common::{ObjectKind, Result, SluiceError};
-use sluice_connectors::kafka::options::Format;
-use sluice_connectors::KafkaSink;
 use sluice_sql::CreateSink;
 
 use crate::engine::{Engine, Output};
 
 pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
     let options: BTreeMap<String, String> = create.options.iter().cloned().collect();
-    let parsed = KafkaSink::parse(&create.name, &options)?;
+    // The connection's options count as the sink's own.
+    let format = engine.sources().resolve(&options)?.get("format").cloned();
+    let upsert = format.as_deref() == Some("upsert_json");
     let from = engine
         .catalog()
         .get(&create.from)?
@@ -19,8 +19,9 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
             kind: ObjectKind::Relation,
             name: create.from.clone(),
         })?;
-    let key = match (parsed.format, options.get("primary_key")) {
-        (Format::UpsertJson, Some(list)) => {
+    let keyed = upsert || format.as_deref() == Some("debezium_json");
+    let key = match (keyed, options.get("primary_key")) {
+        (true, Some(list)) => {
             let schema = from.schema();
             list.split(',')
                 .map(|c| {
@@ -31,18 +32,22 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
                 })
                 .collect::<Result<Vec<_>>>()?
         }
-        (Format::UpsertJson, None) => {
-            engine.dataflow().unique_key(&from).await?.ok_or_else(|| {
-                SluiceError::InvalidOption {
-                    message: format!(
-                        "cannot tell which columns identify a row of \"{}\" for upsert_json",
-                        from.name()
-                    ),
-                    hint: Some("name them: primary_key = 'col1, col2'".to_owned()),
-                }
-            })?
-        }
-        _ => Vec::new(),
+        (true, None) if upsert => engine.dataflow().unique_key(&from).await?.ok_or_else(|| {
+            SluiceError::InvalidOption {
+                message: format!(
+                    "cannot tell which columns identify a row of \"{}\" for upsert_json",
+                    from.name()
+                ),
+                hint: Some("name them: primary_key = 'col1, col2'".to_owned()),
+            }
+        })?,
+        // Debezium records are keyed (and updates paired) when a key is known.
+        (true, None) => engine
+            .dataflow()
+            .unique_key(&from)
+            .await?
+            .unwrap_or_default(),
+        (false, _) => Vec::new(),
     };
     let spawn = engine
         .sources()

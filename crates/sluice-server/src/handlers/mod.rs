@@ -1,6 +1,7 @@
 //! One handler per Sluice statement. Standard SQL that DataFusion runs does
 //! not come here (see [`crate::engine`]).
 
+mod connection;
 mod create;
 mod create_sink;
 mod create_view;
@@ -30,6 +31,12 @@ pub async fn execute(engine: &Engine, statement: &Statement) -> Result<Output> {
         Statement::ShowRelations(kind) => show::execute(engine, *kind),
         Statement::Describe(name) => describe::execute(engine, name),
         Statement::Flush => flush::execute(engine).await,
+        Statement::CreateConnection(create) => connection::create(engine, create).await,
+        Statement::DropConnection { if_exists, names } => {
+            connection::drop(engine, *if_exists, names).await
+        }
+        Statement::ShowConnections => connection::show(engine),
+        Statement::DescribeConnection(name) => connection::describe(engine, name),
         Statement::Sql(sql) => session::execute(sql),
     }
 }
@@ -40,6 +47,8 @@ pub fn result_schema(statement: &Statement) -> Option<SchemaRef> {
     match statement {
         Statement::ShowRelations(_) => Some(show::schema()),
         Statement::Describe(_) => Some(describe::schema()),
+        Statement::ShowConnections => Some(connection::show_schema()),
+        Statement::DescribeConnection(_) => Some(connection::describe_schema()),
         Statement::ExplainCreateView(_) => Some(text_schema(&["QUERY PLAN"])),
         Statement::Sql(sql) => session::result_schema(sql),
         _ => None,

@@ -14,6 +14,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use rdkafka::TopicPartitionList;
 
+use super::registry::TestRegistry;
 use super::server::{connect, TestServer};
 
 fn producer(servers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
@@ -824,5 +825,661 @@ pub async fn sinks_route_refused_records() -> anyhow::Result<()> {
         ensure!(e.as_db_error().map(|d| d.code().code()) == Some(code), "{sql}: {e}");
     }
     drop(cluster);
+    Ok(())
+}
+
+/// A TLS-terminating proxy on a free loopback port in front of `upstream`
+/// (plaintext), with the test server certificate of `tests/fixtures/tls`.
+async fn tls_proxy(upstream: String) -> anyhow::Result<u16> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = fixtures();
+    let certs =
+        CertificateDer::pem_file_iter(dir.join("server.pem"))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                // A handshake the client aborts (an untrusted certificate)
+                // just ends this connection.
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls")
+}
+
+/// Sources and sinks over TLS: a one-broker mock cluster that advertises
+/// the port of a TLS proxy in front of it, so that every connection of
+/// the client (bootstrap and broker) goes through TLS. A trusted CA
+/// reads and writes; an untrusted one fails with a state that says so;
+/// the CA file must be under `allowed_file_dirs`.
+pub async fn tls_to_the_broker() -> anyhow::Result<()> {
+    use rdkafka::bindings as rd;
+    use rdkafka::producer::BaseProducer;
+    // The cluster belongs to this producer; topics and records are set up
+    // in plaintext before it advertises the proxy.
+    let owner: BaseProducer = ClientConfig::new()
+        .set("test.mock.num.brokers", "1")
+        .create()?;
+    let cluster = owner.client().mock_cluster().context("no mock cluster")?;
+    let plain = cluster.bootstrap_servers();
+    cluster.create_topic("secure", 1, 1)?;
+    cluster.create_topic("secure-out", 1, 1)?;
+    let p = producer(&plain)?;
+    for i in 1..=3 {
+        send(
+            &p,
+            "secure",
+            None,
+            None,
+            Some(&format!(r#"{{"id": {i}, "name": "n{i}"}}"#)),
+        )?;
+    }
+    p.flush(Duration::from_secs(10))?;
+    drop(p);
+    let port = tls_proxy(plain.clone()).await?;
+    let host = std::ffi::CString::new("127.0.0.1")?;
+    // SAFETY: the cluster handle belongs to `owner`, alive until the end;
+    // the host string outlives the call (librdkafka copies it).
+    unsafe {
+        let handle = rd::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
+        ensure!(!handle.is_null(), "no mock cluster handle");
+        rd::rd_kafka_mock_broker_set_host_port(handle, 1, host.as_ptr(), i32::from(port));
+    }
+    let tls = format!("127.0.0.1:{port}");
+
+    let server = TestServer::start_with(sluice_common::Config {
+        allowed_file_dirs: vec![fixtures()],
+        ..sluice_common::Config::default()
+    })
+    .await?;
+    let client = connect(server.addr()).await?;
+    let ca = fixtures().join("ca.pem");
+    client
+        .batch_execute(&format!(
+            "CREATE CONNECTION secure_kafka WITH (type = 'kafka', bootstrap_servers = '{tls}', \
+               security_protocol = 'SSL', ssl_ca_location = '{}');
+             CREATE STREAM secure (id BIGINT, name TEXT) WITH (connection = 'secure_kafka', topic = 'secure');
+             CREATE SINK secure_out FROM secure WITH (connection = 'secure_kafka', topic = 'secure-out');",
+            ca.display()
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'secure'",
+        3,
+    )
+    .await?;
+    let states = rows(&client, "SELECT source, state FROM sluice_sources").await?;
+    ensure!(states == ["secure running"], "{states:?}");
+    client.batch_execute("FLUSH").await?;
+
+    // The sink wrote through TLS: read it back through TLS.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &tls)
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.to_string_lossy().as_ref())
+        .set("group.id", "tls-reader")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("secure-out", 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < 3 && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    out.sort();
+    ensure!(
+        out == [
+            r#"{"id":1,"name":"n1"}"#,
+            r#"{"id":2,"name":"n2"}"#,
+            r#"{"id":3,"name":"n3"}"#
+        ],
+        "sink over TLS wrote {out:?}"
+    );
+
+    // An untrusted certificate: nothing is read, and the state says why.
+    let other = std::fs::read_to_string(fixtures().join("other-ca.pem"))?;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM untrusted (id BIGINT, name TEXT) WITH (connector = 'kafka', \
+               bootstrap_servers = '{tls}', topic = 'secure', security_protocol = 'SSL', \
+               ssl_ca_pem = '{other}')"
+        ))
+        .await?;
+    let state = wait_until(
+        &client,
+        "SELECT state FROM sluice_sources WHERE source = 'untrusted'",
+        |r| r.iter().any(|s| s.contains("certificate verify failed")),
+    )
+    .await?;
+    ensure!(
+        state
+            .iter()
+            .any(|s| s.starts_with("retrying: ") && s.contains("certificate verify failed")),
+        "untrusted certificate: state {state:?}"
+    );
+    ensure!(
+        rows(
+            &client,
+            "SELECT rows FROM sluice_sources WHERE source = 'untrusted'"
+        )
+        .await?
+            == ["0"],
+        "rows read through an untrusted certificate"
+    );
+    Ok(())
+}
+
+/// Every record value of partition 0 of `topic`, raw, from the start.
+fn read_raw(servers: &str, topic: &str, want: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "test-raw-reader")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m?.payload().unwrap_or_default().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of `batch` as Confluent-framed Avro records of the Avro schema
+/// `avro_json` (registered as `id`), encoded by arrow-avro.
+fn avro_records(
+    avro_json: &str,
+    id: u32,
+    batch: &datafusion::arrow::array::RecordBatch,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("avro.schema".to_owned(), avro_json.to_owned());
+    let schema = std::sync::Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+    let mut encoder = sluice_connectors::avro::AvroEncoder::new(&schema, id)?;
+    Ok(encoder.encode(batch)?)
+}
+
+const PAGEVIEW_V1: &str = r#"{"type": "record", "name": "PageView", "namespace": "web", "fields": [
+  {"name": "viewer_id", "type": "long"},
+  {"name": "viewed_id", "type": "long"},
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+
+/// v2 adds an optional field (BACKWARD compatible).
+const PAGEVIEW_V2: &str = r#"{"type": "record", "name": "PageView", "namespace": "web", "fields": [
+  {"name": "viewer_id", "type": "long"},
+  {"name": "viewed_id", "type": "long"},
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+  {"name": "referrer", "type": ["null", "string"], "default": null}]}"#;
+
+fn pageviews(
+    rows: &[(i64, i64, i64)],
+    referrer: Option<&[Option<&str>]>,
+) -> anyhow::Result<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let mut fields = vec![
+        Field::new("viewer_id", DataType::Int64, false),
+        Field::new("viewed_id", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
+            false,
+        ),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        std::sync::Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.2))
+                .with_timezone("+00:00"),
+        ),
+    ];
+    if let Some(r) = referrer {
+        fields.push(Field::new("referrer", DataType::Utf8, true));
+        columns.push(std::sync::Arc::new(StringArray::from(r.to_vec())));
+    }
+    Ok(datafusion::arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// The seeds' enrichment with Avro through a schema registry: a stream
+/// whose columns come from the registered schema, schema evolution mid
+/// topic (an optional field added), bad records (not Avro, truncated, an
+/// id the registry does not have) routed to dead letters, an Avro sink
+/// that registers `<topic>-value`, a registry that needs a password (shown
+/// as ***), and a registry that cannot be reached at CREATE.
+pub async fn avro_through_the_registry() -> anyhow::Result<()> {
+    use sluice_connectors::registry::{Registry, RegistryOptions};
+    let registry = TestRegistry::start(Some(("sluice", "hunter2"))).await?;
+    let client_of = Registry::new(RegistryOptions {
+        url: registry.url.clone(),
+        auth: Some(("sluice".into(), "hunter2".into())),
+        ca_pem: None,
+    })?;
+    let v1 = client_of
+        .register("pageviews-value", PAGEVIEW_V1)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    for t in ["pageviews", "pageviews-bad", "profile-edits", "enriched"] {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    let p = producer(&servers)?;
+    let send_bytes = |value: &[u8]| -> anyhow::Result<()> {
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("pageviews").payload(value);
+        p.send(record).map_err(|(e, _)| e)?;
+        Ok(())
+    };
+    let t0 = 1_660_269_600_000; // 2022-08-12 02:00:00 UTC
+    for r in avro_records(
+        PAGEVIEW_V1,
+        v1,
+        &pageviews(&[(1234, 4567, t0), (2345, 4567, t0 + 60_000)], None)?,
+    )? {
+        send_bytes(&r)?;
+    }
+    send(
+        &p,
+        "profile-edits",
+        None,
+        Some("1234"),
+        Some(r#"{"job": "Google"}"#),
+    )?;
+    send(
+        &p,
+        "profile-edits",
+        None,
+        Some("2345"),
+        Some(r#"{"job": "ACME"}"#),
+    )?;
+    p.flush(Duration::from_secs(10))?;
+
+    let server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    // The registry is down at CREATE: a clear error naming it, nothing made.
+    let down = client
+        .batch_execute(&format!(
+            "CREATE STREAM nowhere WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+               topic = 'pageviews', format = 'avro', schema_registry = 'http://127.0.0.1:1')"
+        ))
+        .await
+        .expect_err("registry down");
+    let db = down.as_db_error().context("a server error")?;
+    ensure!(
+        db.code().code() == "58000" && db.message().contains("http://127.0.0.1:1"),
+        "registry down at CREATE: {} {}",
+        db.code().code(),
+        db.message()
+    );
+    ensure!(
+        rows(&client, "SHOW STREAMS").await?.is_empty(),
+        "a stream was created"
+    );
+    // A wrong password: refused at CREATE with the registry's answer.
+    client
+        .batch_execute(&format!(
+            "CREATE CONNECTION wrong WITH (type = 'schema_registry', url = '{}', username = 'sluice', password = 'nope')",
+            registry.url
+        ))
+        .await?;
+    let refused = client
+        .batch_execute(&format!(
+            "CREATE STREAM pv WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+               topic = 'pageviews', format = 'avro', schema_registry = 'wrong')"
+        ))
+        .await
+        .expect_err("wrong password");
+    ensure!(
+        refused
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("401")),
+        "wrong registry password: {refused:?}"
+    );
+
+    // The profiles first: page views are enriched with the profiles known
+    // when they are processed.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE profiles (user_id BIGINT PRIMARY KEY, job TEXT)
+               WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = 'profile-edits');"
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'profiles'",
+        2,
+    )
+    .await?;
+    client
+        .batch_execute(&format!(
+            "CREATE CONNECTION registry WITH (type = 'schema_registry', url = '{url}', \
+               username = 'sluice', password = 'hunter2');
+             CREATE STREAM pageviews WITH (connector = 'kafka', bootstrap_servers = '{servers}',
+               topic = 'pageviews', format = 'avro', schema_registry = 'registry',
+               on_error = 'dead_letter', dead_letter_topic = 'pageviews-bad');
+             CREATE STREAM pageviews_wide (viewer_id BIGINT, referrer TEXT, ts TIMESTAMPTZ)
+               WITH (connector = 'kafka', bootstrap_servers = '{servers}',
+               topic = 'pageviews', format = 'avro', schema_registry = 'registry');
+             CREATE MATERIALIZED VIEW enriched AS
+               SELECT v.viewer_id, v.viewed_id, v.ts, p.job FROM pageviews v
+               LEFT JOIN profiles p ON v.viewer_id = p.user_id;
+             CREATE MATERIALIZED VIEW wide AS SELECT viewer_id, referrer, ts FROM pageviews_wide;",
+            url = registry.url
+        ))
+        .await?;
+    let described = rows(&client, "DESCRIBE pageviews").await?;
+    ensure!(
+        described
+            == [
+                "viewer_id bigint f f NULL",
+                "viewed_id bigint f f NULL",
+                "ts timestamp with time zone f f NULL"
+            ],
+        "columns from the registry: {described:?}"
+    );
+    let shown = rows(&client, "DESCRIBE CONNECTION registry").await?;
+    ensure!(
+        shown.contains(&"password ***".to_owned()) && !shown.iter().any(|r| r.contains("hunter2")),
+        "registry password shown: {shown:?}"
+    );
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'pageviews'",
+        2,
+    )
+    .await?;
+
+    // v2 mid-topic, then three bad records.
+    let v2 = client_of
+        .register("pageviews-value", PAGEVIEW_V2)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(v2 != v1, "v2 got v1's id");
+    let later = pageviews(
+        &[(1234, 1, t0 + 120_000), (9999, 4567, t0 + 180_000)],
+        Some(&[Some("https://news"), None]),
+    )?;
+    let v2_records = avro_records(PAGEVIEW_V2, v2, &later)?;
+    for r in &v2_records {
+        send_bytes(r)?;
+    }
+    send_bytes(b"{\"viewer_id\": 1}")?;
+    send_bytes(&v2_records[0][..v2_records[0].len() - 3])?;
+    let mut unknown = v2_records[1].clone();
+    unknown[1..5].copy_from_slice(&999u32.to_be_bytes());
+    send_bytes(&unknown)?;
+    p.flush(Duration::from_secs(10))?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'pageviews'",
+        4,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT bad_records FROM sluice_sources WHERE source = 'pageviews'",
+        3,
+    )
+    .await?;
+    wait_for(
+        &client,
+        "SELECT rows FROM sluice_sources WHERE source = 'pageviews_wide'",
+        4,
+    )
+    .await?;
+    client.batch_execute("FLUSH").await?;
+    let enriched = rows(
+        &client,
+        "SELECT viewer_id, viewed_id, job FROM enriched ORDER BY ts",
+    )
+    .await?;
+    ensure!(
+        enriched
+            == [
+                "1234 4567 Google",
+                "2345 4567 ACME",
+                "1234 1 Google",
+                "9999 4567 NULL"
+            ],
+        "enriched: {enriched:?}"
+    );
+    // Declared columns: referrer is NULL in v1 records, a value in v2's.
+    let wide = rows(
+        &client,
+        "SELECT viewer_id, coalesce(referrer, '-') FROM wide ORDER BY ts",
+    )
+    .await?;
+    ensure!(
+        wide == ["1234 -", "2345 -", "1234 https://news", "9999 -"],
+        "wide: {wide:?}"
+    );
+    let dead = read_topic(&servers, "pageviews-bad", 1, 3)?;
+    ensure!(dead.len() == 3, "dead letters: {dead:?}");
+    ensure!(
+        dead.iter().any(|(_, h)| h
+            .iter()
+            .any(|x| x.starts_with("sluice_error=") && x.contains("999"))),
+        "the unknown schema id is named: {dead:?}"
+    );
+
+    // The Avro sink registers enriched-value and writes the wire format.
+    client
+        .batch_execute(&format!(
+            "CREATE SINK enriched_out FROM enriched WITH (connector = 'kafka', bootstrap_servers = '{servers}',
+               topic = 'enriched', format = 'avro', schema_registry = 'registry');
+             FLUSH;"
+        ))
+        .await?;
+    let out = read_raw(&servers, "enriched", 4)?;
+    ensure!(out.len() == 4, "avro sink wrote {} records", out.len());
+    ensure!(
+        registry.subjects().contains(&"enriched-value".to_owned()),
+        "subjects: {:?}",
+        registry.subjects()
+    );
+    let latest = client_of
+        .latest("enriched-value")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(
+        out.iter()
+            .all(|r| r.len() > 5 && r[0] == 0 && r[1..5] == latest.id.to_be_bytes()),
+        "records are not framed with the registered id {}",
+        latest.id
+    );
+    let format = sluice_connectors::avro::AvroFormat::new(client_of.clone());
+    let refs: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
+    format.prepare(&refs).await?;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let declared = std::sync::Arc::new(Schema::new(vec![
+        Field::new("viewer_id", DataType::Int64, true),
+        Field::new("job", DataType::Utf8, true),
+        Field::new("op", DataType::Utf8, true),
+    ]));
+    let decoded = sluice_connectors::decode::decode(&declared, &format, &refs, &|_, _| Ok(()))?;
+    ensure!(
+        decoded.bad.is_empty() && decoded.batch.num_rows() == 4,
+        "sink records: {:?}",
+        decoded.bad
+    );
+    let text =
+        datafusion::arrow::util::pretty::pretty_format_batches(&[decoded.batch])?.to_string();
+    for want in [
+        "| 1234      | Google | insert |",
+        "| 9999      |        | insert |",
+    ] {
+        ensure!(text.contains(want), "sink rows lack {want}:\n{text}");
+    }
+    Ok(())
+}
+
+/// A Debezium changelog (JSON, bare and wrapped envelopes) into a table:
+/// snapshot reads, creates, updates in place and to a new key, deletes,
+/// tombstones skipped, bad events counted; and a view written back out as
+/// Debezium JSON (updates paired into `u`).
+pub async fn debezium_changelog() -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    cluster.create_topic("pg.public.customers", 1, 1)?;
+    cluster.create_topic("customers-out", 1, 1)?;
+    let p = producer(&servers)?;
+    let topic = "pg.public.customers";
+    let events: [(Option<&str>, Option<&str>); 12] = [
+        (
+            Some(r#"{"id": 1}"#),
+            Some(
+                r#"{"before": null, "after": {"id": 1, "name": "Ann", "tier": "gold"}, "op": "r", "source": {"snapshot": "true"}}"#,
+            ),
+        ),
+        (
+            Some(r#"{"id": 2}"#),
+            Some(
+                r#"{"before": null, "after": {"id": 2, "name": "Bob", "tier": "free"}, "op": "c"}"#,
+            ),
+        ),
+        (
+            Some(r#"{"id": 3}"#),
+            Some(
+                r#"{"schema": {"type": "struct"}, "payload": {"before": null, "after": {"id": 3, "name": "Cy", "tier": "free"}, "op": "c"}}"#,
+            ),
+        ),
+        (
+            Some(r#"{"id": 2}"#),
+            Some(
+                r#"{"before": {"id": 2, "name": "Bob", "tier": "free"}, "after": {"id": 2, "name": "Bob", "tier": "gold"}, "op": "u"}"#,
+            ),
+        ),
+        // The key moves from 3 to 30.
+        (
+            Some(r#"{"id": 3}"#),
+            Some(
+                r#"{"before": {"id": 3, "name": "Cy", "tier": "free"}, "after": {"id": 30, "name": "Cy", "tier": "free"}, "op": "u"}"#,
+            ),
+        ),
+        (
+            Some(r#"{"id": 1}"#),
+            Some(
+                r#"{"before": {"id": 1, "name": "Ann", "tier": "gold"}, "after": null, "op": "d"}"#,
+            ),
+        ),
+        (Some(r#"{"id": 1}"#), None),
+        // Bad: create without after, not JSON, delete without before, 1.5 for BIGINT.
+        (
+            Some(r#"{"id": 4}"#),
+            Some(r#"{"before": null, "after": null, "op": "c"}"#),
+        ),
+        (Some(r#"{"id": 5}"#), Some("this is not json")),
+        (
+            Some(r#"{"id": 6}"#),
+            Some(r#"{"before": null, "after": null, "op": "d"}"#),
+        ),
+        (
+            Some(r#"{"id": 7}"#),
+            Some(r#"{"before": null, "after": {"id": 7.5, "name": "x"}, "op": "c"}"#),
+        ),
+        (
+            Some(r#"{"id": 8}"#),
+            Some(
+                r#"{"before": null, "after": {"id": 8, "name": "Dee", "tier": "free"}, "op": "c"}"#,
+            ),
+        ),
+    ];
+    for (key, value) in events {
+        send(&p, topic, None, key, value)?;
+    }
+    p.flush(Duration::from_secs(10))?;
+    let server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT, tier TEXT)
+               WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', format = 'debezium_json');"
+        ))
+        .await?;
+    wait_for(
+        &client,
+        "SELECT bad_records FROM sluice_sources WHERE source = 'customers'",
+        4,
+    )
+    .await?;
+    let got = wait_until(
+        &client,
+        "SELECT id, name, tier FROM customers ORDER BY id",
+        |r| r.len() == 3,
+    )
+    .await?;
+    ensure!(
+        got == ["2 Bob gold", "8 Dee free", "30 Cy free"],
+        "customers after the changelog: {got:?}"
+    );
+    let bad = rows(
+        &client,
+        "SELECT state FROM sluice_sources WHERE source = 'customers'",
+    )
+    .await?;
+    ensure!(bad == ["running"], "state: {bad:?}");
+
+    // Out again as Debezium JSON: the current rows, then an update.
+    client
+        .batch_execute(&format!(
+            "CREATE MATERIALIZED VIEW gold AS SELECT id, name FROM customers WHERE tier = 'gold';
+             CREATE SINK gold_out FROM gold WITH (connector = 'kafka', bootstrap_servers = '{servers}',
+               topic = 'customers-out', format = 'debezium_json', primary_key = 'id');
+             FLUSH;"
+        ))
+        .await?;
+    send(
+        &p,
+        topic,
+        None,
+        Some(r#"{"id": 2}"#),
+        Some(
+            r#"{"before": {"id": 2, "name": "Bob", "tier": "gold"}, "after": {"id": 2, "name": "Robert", "tier": "gold"}, "op": "u"}"#,
+        ),
+    )?;
+    p.flush(Duration::from_secs(10))?;
+    wait_until(&client, "SELECT name FROM customers WHERE id = 2", |r| {
+        r == ["Robert"]
+    })
+    .await?;
+    client.batch_execute("FLUSH").await?;
+    let out = read_topic(&servers, "customers-out", 1, 2)?;
+    ensure!(
+        out.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>()
+            == [
+                r#"{"id":2} => {"before":null,"after":{"id":2,"name":"Bob"},"op":"c"}"#,
+                r#"{"id":2} => {"before":{"id":2,"name":"Bob"},"after":{"id":2,"name":"Robert"},"op":"u"}"#,
+            ],
+        "debezium sink: {out:?}"
+    );
     Ok(())
 }

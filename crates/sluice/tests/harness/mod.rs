@@ -4,10 +4,12 @@
 pub mod crash;
 pub mod differential;
 pub mod drivers;
+pub mod files;
 pub mod fuzz;
 pub mod kafka;
 pub mod limits;
 pub mod nexmark;
+pub mod registry;
 pub mod server;
 pub mod slt;
 pub mod values;

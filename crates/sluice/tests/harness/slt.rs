@@ -187,9 +187,17 @@ impl sqllogictest::AsyncDB for SluiceDb {
 /// Runs (or with `complete`, rewrites the expected output of) one file
 /// against a fresh server.
 pub async fn run_file(path: &Path, protocol: Protocol, complete: bool) -> Result<(), String> {
-    let server = TestServer::start()
-        .await
-        .map_err(|e| format!("cannot start sluice: {e:#}"))?;
+    // SQL may name files under sql-tests/files (as `$ALLOWED_DIR`).
+    let allowed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sql-tests/files")
+        .canonicalize()
+        .map_err(|e| format!("sql-tests/files: {e}"))?;
+    let server = TestServer::start_with(sluice_common::Config {
+        allowed_file_dirs: vec![allowed.clone()],
+        ..sluice_common::Config::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start sluice: {e:#}"))?;
     let server = Arc::new(Mutex::new(server));
     let mut runner = sqllogictest::Runner::new(move || {
         let server = server.clone();
@@ -205,6 +213,7 @@ pub async fn run_file(path: &Path, protocol: Protocol, complete: bool) -> Result
     });
     runner.with_column_validator(|_, _| true);
     runner.add_label(&protocol.to_string());
+    runner.set_var("ALLOWED_DIR".to_owned(), allowed.display().to_string());
     if complete {
         runner
             .update_test_file(
