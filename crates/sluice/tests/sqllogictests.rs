@@ -93,7 +93,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 18] = [
+        let scenarios: [(&str, Scenario); 19] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -142,6 +142,9 @@ fn main() {
                 "files: json, csv and parquet over a growing directory",
                 || Box::pin(files::files_over_a_growing_directory()),
             ),
+            ("kafka: a stuck sink holds up nothing", || {
+                Box::pin(kafka::stuck_sink_holds_up_nothing())
+            }),
             ("kafka: sources and sinks over TLS", || {
                 Box::pin(kafka::tls_to_the_broker())
             }),

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod options;
+pub mod outbox;
 pub mod properties;
 pub mod sink;
 pub(crate) mod source;

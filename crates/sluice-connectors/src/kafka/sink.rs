@@ -30,15 +30,9 @@ use sluice_state::StateTxn;
 use crate::avro::{avro_schema_for, AvroEncoder};
 use crate::kafka::client::{config as client_config, Reporting};
 use crate::kafka::options::{Format, KafkaSink, OnError};
+use crate::kafka::outbox::{Outbox, Outcome, Record};
 use crate::registry::{Registry, RegistryError};
 use crate::status::{bounded, SourceStatus};
-
-/// One record to produce.
-#[derive(Debug, Clone)]
-struct Record {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-}
 
 /// How a sink encodes the changes of its input.
 #[derive(Debug, Clone)]
@@ -287,7 +281,7 @@ fn producer(
 
 /// Whether the broker (or librdkafka) refuses this record for good, so
 /// that retrying it can never succeed.
-fn refused_for_good(e: &KafkaError) -> bool {
+pub(crate) fn refused_for_good(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
@@ -298,62 +292,6 @@ fn refused_for_good(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidRecord
         )
     )
-}
-
-/// Produces `records`, retrying each failed one with backoff until it is
-/// delivered, except those the broker refuses for good, which are
-/// returned with the reason.
-async fn deliver(
-    producer: &FutureProducer<Reporting>,
-    topic: &str,
-    records: Vec<Record>,
-    status: &SourceStatus,
-    name: &str,
-) -> Vec<(Record, String)> {
-    let mut backoff = Duration::from_millis(100);
-    let mut todo = records;
-    let mut refused = Vec::new();
-    while !todo.is_empty() {
-        let mut futures = Vec::with_capacity(todo.len());
-        for r in &todo {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-            if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(v) = &r.value {
-                record = record.payload(v.as_slice());
-            }
-            futures.push(producer.send(record, Duration::from_secs(5)));
-        }
-        let results = futures::future::join_all(futures).await;
-        let mut failed = Vec::new();
-        let mut last_error = None;
-        for (r, result) in todo.into_iter().zip(results) {
-            match result {
-                Ok(_) => status.add(1, r.value.as_ref().map_or(0, Vec::len) as u64, 0),
-                Err((e, _)) if refused_for_good(&e) => {
-                    let size =
-                        r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
-                    refused.push((r, format!("{e} (a record of {size} bytes)")));
-                }
-                Err((e, _)) => {
-                    last_error = Some(e);
-                    failed.push(r);
-                }
-            }
-        }
-        if let Some(e) = last_error {
-            status.add(0, 0, failed.len() as u64);
-            tracing::warn!(sink = %name, %topic, error = %e, records = failed.len(), "kafka sink delivery failed; retrying");
-            status.set_state(format!("retrying: {e}"));
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        } else {
-            status.set_state("running".to_owned());
-        }
-        todo = failed;
-    }
-    refused
 }
 
 /// The most of a refused record's value a dead letter carries: enough to
@@ -450,11 +388,21 @@ async fn route(
     Routed::Continue
 }
 
-/// The sink's task: encodes changes as they arrive, delivers them all at
-/// each barrier, then reports the barrier. A record the broker refuses
-/// for good (or a change that cannot be encoded) goes per `on_error`;
-/// a failed sink keeps acknowledging barriers, so it never holds up the
-/// checkpoints of the views.
+/// How long a barrier waits for deliveries while the broker answers.
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+/// How long it waits once records are known to be stuck.
+const STUCK_WAIT: Duration = Duration::from_millis(200);
+/// Past this many bytes of undelivered records, barriers wait until the
+/// broker takes them, rather than the backlog growing without bound.
+const MAX_BACKLOG_BYTES: usize = 256 << 20;
+
+/// The sink's task: encodes changes as they arrive and hands them to
+/// librdkafka; at each barrier waits for the deliveries, for a while
+/// ([`Outbox`]), and writes what is still undelivered into its state with
+/// the checkpoint, so a broker that is down holds up neither the views'
+/// checkpoints nor startup. A record the broker refuses for good (or a
+/// change that cannot be encoded) goes per `on_error`; a failed sink keeps
+/// acknowledging barriers.
 pub async fn run(
     spec: SinkSpec,
     name: String,
@@ -472,12 +420,35 @@ pub async fn run(
         }
     };
     status.set_state("running".to_owned());
+    let topic = spec.options.topic.clone();
     let mut avro = spec.registry.clone().map(|registry| AvroSink {
         registry,
         encoder: None,
     });
     let mut txn = StateTxn::new(env.store.clone());
-    let mut pending: Vec<Record> = Vec::new();
+    let mut backlog_key = sluice_catalog::state_prefix(env.view);
+    backlog_key.extend_from_slice(b"sink-backlog");
+    let mut outbox = Outbox::default();
+    // What the last checkpoint left undelivered goes first.
+    let mut saved = false;
+    match txn.multi_get(std::slice::from_ref(&backlog_key)) {
+        Ok(found) => {
+            if let Some(bytes) = found.into_iter().flatten().next() {
+                match Outbox::load(&bytes) {
+                    Some(records) => {
+                        tracing::info!(sink = %name, records = records.len(), "sending the backlog of the last run");
+                        outbox.push(records);
+                        saved = true;
+                    }
+                    None => {
+                        tracing::error!(sink = %name, "the sink's backlog is corrupt; it is dropped")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::error!(sink = %name, error = %e, "cannot read the sink's backlog"),
+    }
+    outbox.send(&producer, &topic);
     let mut failed = false;
     while let Some((_, message)) = inbox.recv().await {
         match message {
@@ -486,26 +457,53 @@ pub async fn run(
                 Some(a) => a.encode(&spec, &changes, &status, &name).await,
                 None => encode(&spec, &changes),
             } {
-                Ok(records) => pending.extend(records),
+                Ok(records) => {
+                    outbox.push(records);
+                    outbox.send(&producer, &topic);
+                }
                 Err(e) => {
                     let reason =
                         format!("cannot encode a change of {} rows: {e}", changes.num_rows());
                     let refused = vec![(None, reason)];
                     if let Routed::Failed = route(&spec, &producer, &name, &status, refused).await {
                         failed = true;
-                        pending.clear();
+                        outbox = Outbox::default();
                     }
                 }
             },
             Message::Watermark(_) => {}
             Message::Barrier(epoch) => {
                 if !failed {
-                    let records = std::mem::take(&mut pending);
-                    let refused =
-                        deliver(&producer, &spec.options.topic, records, &status, &name).await;
-                    let refused = refused.into_iter().map(|(r, e)| (Some(r), e)).collect();
-                    if let Routed::Failed = route(&spec, &producer, &name, &status, refused).await {
-                        failed = true;
+                    let mut wait = if saved { STUCK_WAIT } else { DELIVERY_WAIT };
+                    loop {
+                        let refused = outbox.settle(&producer, &topic, &status, &name, wait).await;
+                        let refused = refused
+                            .into_iter()
+                            .map(|Outcome::Refused(r, e)| (Some(r), e))
+                            .collect();
+                        if let Routed::Failed =
+                            route(&spec, &producer, &name, &status, refused).await
+                        {
+                            failed = true;
+                            outbox = Outbox::default();
+                        }
+                        if outbox.bytes() <= MAX_BACKLOG_BYTES {
+                            break;
+                        }
+                        status.set_state(format!(
+                            "retrying: {} records ({} MiB) wait for the broker; checkpoints wait for them",
+                            outbox.len(),
+                            outbox.bytes() >> 20
+                        ));
+                        wait = DELIVERY_WAIT;
+                    }
+                    if !outbox.is_empty() {
+                        tracing::warn!(sink = %name, records = outbox.len(), "records not yet delivered kept with the checkpoint");
+                        txn.put(backlog_key.clone(), outbox.save());
+                        saved = true;
+                    } else if saved {
+                        txn.delete(backlog_key.clone());
+                        saved = false;
                     }
                 }
                 if !env.checkpoint(epoch, &mut txn, None) {

@@ -1483,3 +1483,86 @@ pub async fn debezium_changelog() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A sink whose broker is down holds up nothing: `FLUSH` returns, other
+/// views keep up, the server restarts at once, and the records it could
+/// not deliver are kept with the checkpoints and delivered once the broker
+/// is back (at least once: none lost).
+pub async fn stuck_sink_holds_up_nothing() -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1)?;
+    let servers = cluster.bootstrap_servers();
+    cluster.create_topic("out", 1, 1)?;
+    let mut server = TestServer::start().await?;
+    let client = connect(server.addr()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM s (id BIGINT);
+             CREATE STREAM other (id BIGINT);
+             CREATE MATERIALIZED VIEW other_count AS SELECT count(*) AS n FROM other;
+             CREATE SINK out FROM s WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = 'out');
+             INSERT INTO s VALUES (1), (2), (3);
+             FLUSH;"
+        ))
+        .await?;
+    ensure!(
+        read_topic(&servers, "out", 1, 3)?.len() == 3,
+        "the first records"
+    );
+    cluster.broker_down(1)?;
+    // Far more than a barrier waits for deliveries; FLUSH must come back
+    // well before it.
+    let limit = Duration::from_secs(60);
+    let flushed = tokio::time::timeout(
+        limit,
+        client.batch_execute(
+            "INSERT INTO s VALUES (4), (5); INSERT INTO other VALUES (1); FLUSH; FLUSH;",
+        ),
+    )
+    .await;
+    ensure!(
+        flushed.is_ok(),
+        "FLUSH hung behind a sink whose broker is down"
+    );
+    flushed??;
+    ensure!(
+        rows(&client, "SELECT n FROM other_count").await? == ["1"],
+        "other views stopped"
+    );
+    // A restart while the broker is down: the server answers, and the
+    // undelivered records are in the sink's state.
+    drop(client);
+    tokio::time::timeout(limit, server.restart()).await??;
+    let client = connect(server.addr()).await?;
+    ensure!(
+        rows(&client, "SELECT 1").await? == ["1"],
+        "no answer after the restart"
+    );
+    tokio::time::timeout(
+        limit,
+        client.batch_execute("INSERT INTO s VALUES (6); FLUSH;"),
+    )
+    .await??;
+    cluster.broker_up(1)?;
+    let got = read_topic_for(&servers, "out", 1, 6, Duration::from_secs(60))?;
+    let mut ids: Vec<String> = got.iter().map(|(v, _)| v.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ensure!(
+        ids == [
+            r#"{"id":1}"#,
+            r#"{"id":2}"#,
+            r#"{"id":3}"#,
+            r#"{"id":4}"#,
+            r#"{"id":5}"#,
+            r#"{"id":6}"#
+        ],
+        "records lost while the broker was down: {got:?}"
+    );
+    wait_until(
+        &client,
+        "SELECT state FROM sluice_sinks WHERE sink = 'out'",
+        |r| r == ["running"],
+    )
+    .await?;
+    Ok(())
+}
