@@ -195,8 +195,9 @@ impl Sources {
         }
         let options: BTreeMap<String, String> = create.options.iter().cloned().collect();
         let options = self.resolve(&options)?;
+        let format = options.get("format").map(String::as_str);
         if options.get("connector").map(String::as_str) != Some("kafka")
-            || options.get("format").map(String::as_str) != Some("avro")
+            || !matches!(format, Some("avro" | "upsert_avro"))
         {
             return Ok(());
         }
@@ -204,10 +205,28 @@ impl Sources {
         let Some(registry) = kafka::registry(&self.cx, parsed.schema_registry.as_deref())? else {
             return Ok(());
         };
+        let mut fields = Vec::new();
+        // A table's key schema first (its fields the value may lack).
+        if format == Some("upsert_avro") {
+            match registry.latest(&format!("{}-key", parsed.topic)).await {
+                Ok(key) => fields.extend(
+                    avro::arrow_schema(key.id, &key.schema)?
+                        .fields()
+                        .iter()
+                        .cloned(),
+                ),
+                Err(registry::RegistryError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let subject = format!("{}-value", parsed.topic);
         let latest = registry.latest(&subject).await?;
-        let schema = avro::arrow_schema(latest.id, &latest.schema)?;
-        for field in schema.fields() {
+        for field in avro::arrow_schema(latest.id, &latest.schema)?.fields() {
+            if !fields.iter().any(|f| f.name() == field.name()) {
+                fields.push(field.clone());
+            }
+        }
+        for field in fields {
             if create.include.iter().any(|(_, c)| c == field.name()) {
                 continue;
             }

@@ -23,6 +23,10 @@ pub enum Format {
     Avro,
     /// Debezium change events in JSON (tables keyed by the primary key).
     DebeziumJson,
+    /// Tables: the Kafka key and value in Avro (the registry's wire
+    /// format, subjects `<topic>-key` and `<topic>-value`); a null value
+    /// deletes the key.
+    UpsertAvro,
 }
 
 /// Where a source starts when it has no stored position.
@@ -160,8 +164,8 @@ fn schema_registry(
     what: &str,
 ) -> Result<Option<String>> {
     match (options.get("schema_registry"), format) {
-        (Some(r), Format::Avro) => Ok(Some(r.clone())),
-        (None, Format::Avro) => Err(invalid(
+        (Some(r), Format::Avro | Format::UpsertAvro) => Ok(Some(r.clone())),
+        (None, Format::Avro | Format::UpsertAvro) => Err(invalid(
             format!("format 'avro' needs option \"schema_registry\" for {what}"),
             "add schema_registry = 'connection name' (CREATE CONNECTION ... type = 'schema_registry') \
              or schema_registry = 'http://host:8081'",
@@ -199,16 +203,17 @@ impl KafkaSource {
             (None | Some("json"), RelationKind::Stream) => Format::Json,
             (Some("csv"), RelationKind::Stream) => Format::Csv,
             (Some("avro"), RelationKind::Stream) => Format::Avro,
-            (Some("avro" | "upsert_avro"), RelationKind::Table) => {
-                return Err(SluiceError::not_supported(
-                    format!(
-                        "format \"{}\" for tables",
-                        options
-                            .get("format")
-                            .map(String::as_str)
-                            .unwrap_or_default()
-                    ),
-                    Some("this version reads Avro into streams; a table reads upsert_json"),
+            (Some("upsert_avro"), RelationKind::Table) => Format::UpsertAvro,
+            (Some("avro"), RelationKind::Table) => {
+                return Err(invalid(
+                    format!("format \"avro\" is for streams, but \"{name}\" is a table"),
+                    "a table reads upsert_avro: the Kafka key (Avro) is the primary key",
+                ))
+            }
+            (Some("upsert_avro"), RelationKind::Stream) => {
+                return Err(invalid(
+                    format!("format \"upsert_avro\" needs a table, but \"{name}\" is a {kind}"),
+                    "declare keyed data as a TABLE with a PRIMARY KEY",
                 ))
             }
             (None | Some("json" | "upsert_json"), RelationKind::Table) => Format::UpsertJson,
@@ -234,7 +239,7 @@ impl KafkaSource {
             (Some(other), RelationKind::Stream | RelationKind::Table) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "formats: json, csv, avro (streams), upsert_json, debezium_json (tables)",
+                    "formats: json, csv, avro (streams), upsert_json, upsert_avro, debezium_json (tables)",
                 ))
             }
             (_, RelationKind::View | RelationKind::Sink) => {

@@ -103,6 +103,7 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
             "avro changes are encoded by the sink's encoder",
         )),
         Format::DebeziumJson => debezium_records(spec, changes),
+        Format::UpsertAvro => Err(SluiceError::internal("upsert_avro is not a sink format")),
         Format::Json | Format::Csv => {
             let batch = with_op(spec, changes)?;
             Ok(json_lines(&batch)?

@@ -197,8 +197,11 @@ async fn read(
         if let Some(avro) = avro {
             // The writer schemas first: a registry that cannot be asked
             // retries the whole poll (nothing is skipped).
-            let payloads: Vec<&[u8]> = messages.iter().filter_map(|m| m.payload()).collect();
-            avro.prepare(&payloads).await?;
+            let mut framed: Vec<&[u8]> = messages.iter().filter_map(|m| m.payload()).collect();
+            if options.format == Format::UpsertAvro {
+                framed.extend(messages.iter().filter_map(|m| m.key()));
+            }
+            avro.prepare(&framed).await?;
         }
         let (mut parts_out, bad) = convert(relation, options.format, avro, &messages)?;
         let mut upto = messages.len();
@@ -450,7 +453,22 @@ fn convert(
             Ok((vec![Ingest::Append(batch)], d.bad))
         }
         Format::DebeziumJson => debezium_changes(relation, &layout, messages),
-        Format::UpsertJson => {
+        Format::UpsertJson | Format::UpsertAvro => {
+            let codecs = match (format, avro) {
+                (Format::UpsertAvro, Some(avro)) => Codecs {
+                    value: avro,
+                    key: avro,
+                    json_keys: false,
+                },
+                (Format::UpsertAvro, None) => {
+                    return Err(SluiceError::internal("an Avro source without a registry"))
+                }
+                _ => Codecs {
+                    value: &Encoding::Json,
+                    key: &Encoding::Json,
+                    json_keys: true,
+                },
+            };
             let mut out = Vec::new();
             let mut bad = Vec::new();
             let mut start = 0;
@@ -462,9 +480,9 @@ fn convert(
                 }
                 let segment = &messages[start..end];
                 let (part, seg_bad) = if deleting {
-                    deletes(relation, segment)?
+                    deletes(relation, segment, &codecs)?
                 } else {
-                    upserts(relation, &layout, segment)?
+                    upserts(relation, &layout, segment, &codecs)?
                 };
                 out.extend(part);
                 bad.extend(seg_bad.into_iter().map(|(i, r)| (i + start, r)));
@@ -622,16 +640,26 @@ fn key_names(relation: &Relation) -> Vec<String> {
 
 /// Key records (index in `messages`, JSON object) for messages that have a
 /// usable key; the others are bad.
+/// How the keys and values of an upsert source are decoded.
+struct Codecs<'a> {
+    value: &'a dyn RecordFormat,
+    key: &'a dyn RecordFormat,
+    /// JSON keys: a bare value is the one key column's.
+    json_keys: bool,
+}
+
 fn key_records(
     relation: &Relation,
     messages: &[OwnedMessage],
     wanted: impl Iterator<Item = usize>,
+    codecs: &Codecs<'_>,
 ) -> (Vec<(usize, Vec<u8>)>, BadRecords) {
     let names = key_names(relation);
     let mut keys = Vec::new();
     let mut bad = Vec::new();
     for i in wanted {
         match messages[i].key() {
+            Some(k) if !codecs.json_keys => keys.push((i, k.to_vec())),
             Some(k) => match key_record(k, &names) {
                 Ok(r) => keys.push((i, r)),
                 Err(e) => bad.push((i, e.to_string())),
@@ -642,9 +670,13 @@ fn key_records(
     (keys, bad)
 }
 
-fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> {
+fn deletes(
+    relation: &Relation,
+    messages: &[OwnedMessage],
+    codecs: &Codecs<'_>,
+) -> Result<Converted> {
     let key_schema = project(&relation.schema(), &relation.entry().primary_key)?;
-    let (keys, mut bad) = key_records(relation, messages, 0..messages.len());
+    let (keys, mut bad) = key_records(relation, messages, 0..messages.len(), codecs);
     let mut with_key = Vec::new();
     for (i, k) in keys {
         if k.is_empty() {
@@ -665,7 +697,7 @@ fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> 
         }
         Ok(())
     };
-    let d = decode(&key_schema, &Encoding::Json, &records, &no_nulls)?;
+    let d = decode(&key_schema, codecs.key, &records, &no_nulls)?;
     bad.extend(
         d.bad
             .into_iter()
@@ -675,7 +707,12 @@ fn deletes(relation: &Relation, messages: &[OwnedMessage]) -> Result<Converted> 
     Ok((vec![Ingest::DeleteKeys(d.batch)], bad))
 }
 
-fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> Result<Converted> {
+fn upserts(
+    relation: &Relation,
+    layout: &Layout,
+    messages: &[OwnedMessage],
+    codecs: &Codecs<'_>,
+) -> Result<Converted> {
     let schema = relation.schema();
     let pk = relation.entry().primary_key.clone();
     let check = |b: &RecordBatch| relation.check_rows(b);
@@ -683,13 +720,11 @@ fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> R
         .iter()
         .map(|m| m.payload().unwrap_or(b""))
         .collect();
-    let mut values = decode(&layout.value_schema, &Encoding::Json, &records, &|_, _| {
-        Ok(())
-    })?;
+    let mut values = decode(&layout.value_schema, codecs.value, &records, &|_, _| Ok(()))?;
     values.batch = with_metadata(relation, layout, &values.batch, &values.rows_of, messages)?;
     let mut bad = values.bad;
     // Keys: decoded for the rows whose record has one.
-    let (keys, key_bad) = key_records(relation, messages, values.rows_of.iter().copied());
+    let (keys, key_bad) = key_records(relation, messages, values.rows_of.iter().copied(), codecs);
     let key_schema = project(&schema, &pk)?;
     let present: Vec<(usize, &[u8])> = keys
         .iter()
@@ -698,7 +733,7 @@ fn upserts(relation: &Relation, layout: &Layout, messages: &[OwnedMessage]) -> R
         .collect();
     let key_rows = decode(
         &key_schema,
-        &Encoding::Json,
+        codecs.key,
         &present.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
         &|_, _| Ok(()),
     )?;

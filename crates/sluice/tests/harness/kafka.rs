@@ -1025,6 +1025,41 @@ fn avro_records(
     Ok(encoder.encode(batch)?)
 }
 
+const PROFILE_KEY: &str =
+    r#"{"type": "record", "name": "ProfileKey", "fields": [{"name": "user_id", "type": "long"}]}"#;
+const PROFILE_VALUE: &str = r#"{"type": "record", "name": "Profile", "fields": [
+  {"name": "job", "type": ["null", "string"], "default": null}]}"#;
+
+/// Avro keys and values of profile edits.
+fn profiles(
+    rows: &[(i64, &str)],
+    key_id: u32,
+    value_id: u32,
+) -> anyhow::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let keys = RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![std::sync::Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.0),
+        ))],
+    )?;
+    let values = RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(vec![Field::new("job", DataType::Utf8, true)])),
+        vec![std::sync::Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.1),
+        ))],
+    )?;
+    Ok((
+        avro_records(PROFILE_KEY, key_id, &keys)?,
+        avro_records(PROFILE_VALUE, value_id, &values)?,
+    ))
+}
+
 const PAGEVIEW_V1: &str = r#"{"type": "record", "name": "PageView", "namespace": "web", "fields": [
   {"name": "viewer_id", "type": "long"},
   {"name": "viewed_id", "type": "long"},
@@ -1107,20 +1142,30 @@ pub async fn avro_through_the_registry() -> anyhow::Result<()> {
     )? {
         send_bytes(&r)?;
     }
-    send(
-        &p,
-        "profile-edits",
-        None,
-        Some("1234"),
-        Some(r#"{"job": "Google"}"#),
+    // Profiles as upsert_avro: an Avro key (user_id) and an Avro value;
+    // 3456 is deleted by a tombstone.
+    let key_id = client_of
+        .register("profile-edits-key", PROFILE_KEY)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let value_id = client_of
+        .register("profile-edits-value", PROFILE_VALUE)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (keys, values) = profiles(
+        &[(1234, "Google"), (2345, "ACME"), (3456, "Gone")],
+        key_id,
+        value_id,
     )?;
-    send(
-        &p,
-        "profile-edits",
-        None,
-        Some("2345"),
-        Some(r#"{"job": "ACME"}"#),
-    )?;
+    for (k, v) in keys.iter().zip(&values) {
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("profile-edits")
+            .key(k.as_slice())
+            .payload(v.as_slice());
+        p.send(record).map_err(|(e, _)| e)?;
+    }
+    let tombstone: BaseRecord<'_, [u8], [u8]> =
+        BaseRecord::to("profile-edits").key(keys[2].as_slice());
+    p.send(tombstone).map_err(|(e, _)| e)?;
     p.flush(Duration::from_secs(10))?;
 
     let server = TestServer::start().await?;
@@ -1169,21 +1214,32 @@ pub async fn avro_through_the_registry() -> anyhow::Result<()> {
     // when they are processed.
     client
         .batch_execute(&format!(
-            "CREATE TABLE profiles (user_id BIGINT PRIMARY KEY, job TEXT)
-               WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = 'profile-edits');"
-        ))
-        .await?;
-    wait_for(
-        &client,
-        "SELECT rows FROM sluice_sources WHERE source = 'profiles'",
-        2,
-    )
-    .await?;
-    client
-        .batch_execute(&format!(
             "CREATE CONNECTION registry WITH (type = 'schema_registry', url = '{url}', \
                username = 'sluice', password = 'hunter2');
-             CREATE STREAM pageviews WITH (connector = 'kafka', bootstrap_servers = '{servers}',
+             CREATE TABLE profiles (PRIMARY KEY (user_id))
+               WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = 'profile-edits',
+                     format = 'upsert_avro', schema_registry = 'registry');",
+            url = registry.url
+        ))
+        .await?;
+    let got = wait_until(
+        &client,
+        "SELECT user_id, job FROM profiles ORDER BY user_id",
+        |r| r.len() == 2,
+    )
+    .await?;
+    ensure!(
+        got == ["1234 Google", "2345 ACME"],
+        "upsert_avro profiles: {got:?}"
+    );
+    let described = rows(&client, "DESCRIBE profiles").await?;
+    ensure!(
+        described == ["user_id bigint f t NULL", "job text t f NULL"],
+        "profiles' columns from the key and value schemas: {described:?}"
+    );
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM pageviews WITH (connector = 'kafka', bootstrap_servers = '{servers}',
                topic = 'pageviews', format = 'avro', schema_registry = 'registry',
                on_error = 'dead_letter', dead_letter_topic = 'pageviews-bad');
              CREATE STREAM pageviews_wide (viewer_id BIGINT, referrer TEXT, ts TIMESTAMPTZ)
@@ -1192,8 +1248,7 @@ pub async fn avro_through_the_registry() -> anyhow::Result<()> {
              CREATE MATERIALIZED VIEW enriched AS
                SELECT v.viewer_id, v.viewed_id, v.ts, p.job FROM pageviews v
                LEFT JOIN profiles p ON v.viewer_id = p.user_id;
-             CREATE MATERIALIZED VIEW wide AS SELECT viewer_id, referrer, ts FROM pageviews_wide;",
-            url = registry.url
+             CREATE MATERIALIZED VIEW wide AS SELECT viewer_id, referrer, ts FROM pageviews_wide;"
         ))
         .await?;
     let described = rows(&client, "DESCRIBE pageviews").await?;
