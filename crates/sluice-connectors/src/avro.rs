@@ -30,8 +30,10 @@ use sluice_sql::SqlType;
 use crate::decode::RecordFormat;
 use crate::registry::{Registry, RegistryError};
 
-/// The most records one decoder batch holds (a poll is at most 10,000).
-const MAX_ROWS: usize = 1 << 20;
+/// The most records one decoder batch holds (a poll is at most 10,000;
+/// more are decoded in several batches). The decoder sizes its buffers by
+/// it.
+const MAX_ROWS: usize = 16_384;
 
 fn bad(message: String) -> SluiceError {
     SluiceError::InvalidText { message }
@@ -180,22 +182,33 @@ impl AvroFormat {
             .get_mut(&id)
             .ok_or_else(|| bad(format!("schema id {id} is unknown")))?;
         let result = (|| {
-            for record in records {
-                let room = decoder.capacity();
-                let used = decoder
-                    .decode(record)
-                    .map_err(|e| bad(format!("invalid Avro record: {e}")))?;
-                if used != record.len() || decoder.capacity() + 1 != room {
-                    return Err(bad(
-                        "invalid Avro record: it does not hold exactly one value of its schema \
-                         (truncated, or bytes left over)"
-                            .to_owned(),
-                    ));
+            let mut parts = Vec::new();
+            for chunk in records.chunks(MAX_ROWS) {
+                for record in chunk {
+                    let room = decoder.capacity();
+                    let used = decoder
+                        .decode(record)
+                        .map_err(|e| bad(format!("invalid Avro record: {e}")))?;
+                    if used != record.len() || decoder.capacity() + 1 != room {
+                        return Err(bad(
+                            "invalid Avro record: it does not hold exactly one value of its schema \
+                             (truncated, or bytes left over)"
+                                .to_owned(),
+                        ));
+                    }
+                }
+                if let Some(batch) = decoder
+                    .flush()
+                    .map_err(|e| bad(format!("invalid Avro record: {e}")))?
+                {
+                    parts.push(batch);
                 }
             }
-            decoder
-                .flush()
-                .map_err(|e| bad(format!("invalid Avro record: {e}")))
+            match parts.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(one.clone())),
+                [first, ..] => Ok(Some(concat_batches(&first.schema(), &parts)?)),
+            }
         })();
         match result {
             Ok(Some(batch)) => Ok(batch),

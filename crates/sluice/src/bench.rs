@@ -1,6 +1,8 @@
 //! `sluice bench views`: the materialized-view micro-benchmark, its events
-//! appended in process (`--source insert`) or read from Kafka as JSON
-//! (`--source kafka`, an in-process MockCluster).
+//! appended in process (`--source insert`), read from Kafka as JSON
+//! (`--source kafka`, an in-process MockCluster) or as Avro through a schema
+//! registry (`--source kafka-avro`, the registry a stub in the process), or
+//! read from JSON-lines files (`--source file`).
 //!
 //! A stream of orders goes through filter -> lookup join with a customers
 //! table -> GROUP BY count, maintained by Sluice batch by batch (each batch
@@ -107,6 +109,49 @@ pub enum Source {
     /// (rdkafka's MockCluster, whose broker threads count in the CPU
     /// time), read by a Kafka source.
     Kafka,
+    /// The same as Avro records in the schema registry's wire format.
+    KafkaAvro,
+    /// The same JSON lines, in files read by the file connector.
+    File,
+}
+
+/// The Avro schema of the orders (what `--source kafka-avro` registers).
+const ORDER_AVRO: &str = r#"{"type": "record", "name": "Order", "fields": [
+  {"name": "id", "type": ["null", "long"]}, {"name": "customer", "type": ["null", "long"]},
+  {"name": "amount", "type": ["null", "long"]}]}"#;
+
+/// A schema registry stub that serves one schema as id 1 (`GET
+/// /schemas/ids/1`); returns its URL.
+async fn registry_stub() -> anyhow::Result<String> {
+    use axum::routing::get;
+    let body = serde_json::json!({ "schema": ORDER_AVRO }).to_string();
+    let router = axum::Router::new().route("/schemas/ids/1", get(move || async move { body }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(url)
+}
+
+/// The records of a batch of orders: JSON lines, or Avro frames of id 1.
+fn encode(batch: &RecordBatch, avro: bool) -> anyhow::Result<Vec<Vec<u8>>> {
+    if avro {
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("avro.schema".to_owned(), ORDER_AVRO.to_owned());
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+        let mut encoder = sluice_connectors::avro::AvroEncoder::new(&schema, 1)?;
+        return Ok(encoder.encode(batch)?);
+    }
+    let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer
+        .into_inner()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 pub(crate) async fn run_sql(engine: &Engine, sql: &str) -> anyhow::Result<sluice_server::Output> {
@@ -131,6 +176,7 @@ async fn produce(
     events: usize,
     batch_size: usize,
     customers: usize,
+    avro: bool,
 ) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -143,16 +189,12 @@ async fn produce(
     while sent < events {
         let n = batch_size.min(events - sent);
         let batch = orders(schema, sent, n, customers)?;
-        let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
-        writer.write(&batch)?;
-        writer.finish()?;
-        let buf = writer.into_inner();
+        let records = encode(&batch, avro)?;
         // Round robin over the partitions, so that each gets its share.
-        let mut todo: Vec<(i32, &[u8])> = buf
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
+        let mut todo: Vec<(i32, &[u8])> = records
+            .iter()
             .enumerate()
-            .map(|(i, l)| (((sent + i) % partitions as usize) as i32, l))
+            .map(|(i, l)| (((sent + i) % partitions as usize) as i32, l.as_slice()))
             .collect();
         let mut attempts = 0;
         while !todo.is_empty() {
@@ -188,8 +230,13 @@ pub async fn run(
     source: Source,
 ) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
     let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
-    let engine = Engine::open(store, DataflowOptions::default(), Default::default()).await?;
+    let policy = sluice_connectors::Policy {
+        extra_properties: Vec::new(),
+        file_dirs: vec![files.path().to_owned()],
+    };
+    let engine = Engine::open(store, DataflowOptions::default(), policy).await?;
     run_sql(
         &engine,
         "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)",
@@ -210,21 +257,70 @@ pub async fn run(
     ]));
     let cluster = match source {
         Source::Insert => None,
-        Source::Kafka => {
+        Source::File => {
+            // Files of 100,000 lines, written before the clock starts.
+            let mut made = 0;
+            let mut n = 0;
+            while made < events {
+                let mut lines = Vec::new();
+                let end = (made + 100_000).min(events);
+                while made < end {
+                    let k = batch_size.min(end - made);
+                    for line in encode(&orders(&schema, made, k, customers)?, false)? {
+                        lines.extend_from_slice(&line);
+                        lines.push(b'\n');
+                    }
+                    made += k;
+                }
+                std::fs::write(files.path().join(format!("orders-{n:05}.jsonl")), lines)?;
+                n += 1;
+            }
+            None
+        }
+        Source::Kafka | Source::KafkaAvro => {
             let cluster = rdkafka::mocking::MockCluster::new(1)?;
             // A mock partition keeps at most 100,000 records or 5 MB (it
             // drops the oldest): spread the events so none is dropped.
             let partitions = events.div_ceil(50_000).max(2) as i32;
             cluster.create_topic("orders", partitions, 1)?;
             let servers = cluster.bootstrap_servers();
-            produce(&servers, partitions, &schema, events, batch_size, customers).await?;
+            let avro = source == Source::KafkaAvro;
+            produce(
+                &servers, partitions, &schema, events, batch_size, customers, avro,
+            )
+            .await?;
             Some(cluster)
         }
+    };
+    let registry = if source == Source::KafkaAvro {
+        Some(registry_stub().await?)
+    } else {
+        None
     };
 
     let cpu = cpu_seconds();
     let start = Instant::now();
-    match &cluster {
+    let reader = match (&cluster, source) {
+        (Some(cluster), Source::KafkaAvro) => Some(format!(
+            "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT) \
+             WITH (connector = 'kafka', topic = 'orders', bootstrap_servers = '{}', \
+                   format = 'avro', schema_registry = '{}')",
+            cluster.bootstrap_servers(),
+            registry.as_deref().unwrap_or_default()
+        )),
+        (Some(cluster), _) => Some(format!(
+            "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT) \
+             WITH (connector = 'kafka', topic = 'orders', bootstrap_servers = '{}')",
+            cluster.bootstrap_servers()
+        )),
+        (None, Source::File) => Some(format!(
+            "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT) \
+             WITH (connector = 'file', path = '{}/orders-*.jsonl', poll_interval = '10 milliseconds')",
+            files.path().display()
+        )),
+        (None, _) => None,
+    };
+    match reader {
         None => {
             run_sql(
                 &engine,
@@ -245,16 +341,8 @@ pub async fn run(
                 sent += n;
             }
         }
-        Some(cluster) => {
-            run_sql(
-                &engine,
-                &format!(
-                    "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT) \
-                     WITH (connector = 'kafka', topic = 'orders', bootstrap_servers = '{}')",
-                    cluster.bootstrap_servers()
-                ),
-            )
-            .await?;
+        Some(create) => {
+            run_sql(&engine, &create).await?;
             run_sql(
                 &engine,
                 &format!("CREATE MATERIALIZED VIEW revenue AS {VIEW}"),
