@@ -4,14 +4,19 @@
 # same query as a batch over the same rows. Writes the JSON report to
 # benchmarks/results/views-<date>.json and prints it.
 #
-#   benchmarks/views.sh [--events N] [--batch N] [--customers N]
+#   benchmarks/views.sh [--events N] [--batch N] [--customers N] [--source insert|kafka|kafka-avro|file]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -j2 -p sluice
 mkdir -p benchmarks/results
 suffix=""
-case " $* " in *" --source kafka "*) suffix="-kafka" ;; esac
+args=("$@")
+for i in "${!args[@]}"; do
+  if [ "${args[$i]}" = "--source" ] && [ -n "${args[$((i + 1))]:-}" ] && [ "${args[$((i + 1))]}" != insert ]; then
+    suffix="-${args[$((i + 1))]}"
+  fi
+done
 out="benchmarks/results/views${suffix}-$(date +%Y-%m-%d).json"
 "$target/release/sluice" bench views --output "$out" "$@"
 echo "written to $out" >&2

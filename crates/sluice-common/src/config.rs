@@ -47,10 +47,15 @@ pub struct Config {
     /// How long a new connection may take to log in, in milliseconds,
     /// before it is closed. Default: `10000`.
     pub startup_timeout_ms: u64,
-    /// Directories whose files SQL may name: Kafka certificate and key
-    /// files (`ssl_ca_location`, ...). Any other path is refused with
-    /// 42501. Default: none.
-    pub allowed_file_dirs: Vec<PathBuf>,
+    /// Directories of the certificate and key files that Kafka clients and
+    /// the schema registry client may open when SQL names them
+    /// (`ssl_ca_location`, ...); their content is never shown to SQL. Any
+    /// other path is refused with 42501. Default: none.
+    pub client_file_dirs: Vec<PathBuf>,
+    /// Directories whose files the file connector may read into streams
+    /// (their content becomes rows anyone can query: keep keys out of
+    /// them). Any other path is refused with 42501. Default: none.
+    pub source_file_dirs: Vec<PathBuf>,
     /// Kafka client settings SQL may pass as `properties.<name>` beyond
     /// the built-in list of safe ones (docs/kafka.md). Only the config
     /// file can widen the list. Default: none.
@@ -98,7 +103,8 @@ impl Default for Config {
             statement_timeout_ms: 0,
             max_connections: 100,
             startup_timeout_ms: 10_000,
-            allowed_file_dirs: Vec::new(),
+            client_file_dirs: Vec::new(),
+            source_file_dirs: Vec::new(),
             kafka_allowed_properties: Vec::new(),
         }
     }

@@ -61,6 +61,14 @@ pub trait Connector: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether a source or sink that names a connection may not set option
+    /// `key` itself: the connection's client options (servers, security)
+    /// come only from the connection, so that its secrets cannot be sent
+    /// elsewhere or over a weaker channel.
+    fn locked_by_connection(&self, key: &str) -> bool {
+        self.connection_options().iter().any(|o| o.name == key)
+    }
+
     /// Option prefixes passed through to a client (`properties.`), checked
     /// by the connector itself.
     fn prefixes(&self) -> &'static [&'static str] {

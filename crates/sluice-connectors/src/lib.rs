@@ -81,6 +81,19 @@ impl Sources {
                     kind: sluice_common::ObjectKind::Connection,
                     name: name.clone(),
                 })?;
+        if let Some(connector) = registry().iter().find(|c| c.name() == connection.kind) {
+            if let Some(key) = options.keys().find(|k| connector.locked_by_connection(k)) {
+                return Err(SluiceError::InvalidOption {
+                    message: format!(
+                        "option \"{key}\" cannot be set beside connection \"{name}\": a source or \
+                         sink that uses a connection takes its servers and security settings from it"
+                    ),
+                    hint: Some(format!(
+                        "set it in the connection, or create another connection; leave out {key}"
+                    )),
+                });
+            }
+        }
         let mut merged = options.clone();
         match merged.get("connector") {
             Some(c) if *c != connection.kind => {
@@ -148,6 +161,12 @@ impl Sources {
             return Err(SluiceError::InvalidOption {
                 message: format!("there are no connections of type \"{kind}\""),
                 hint: Some("connection types: kafka, schema_registry".to_owned()),
+            });
+        }
+        if kind == "kafka" && !options.contains_key("bootstrap_servers") {
+            return Err(SluiceError::InvalidOption {
+                message: format!("{what} needs option \"bootstrap_servers\""),
+                hint: Some("add bootstrap_servers = 'host:port[,...]'".to_owned()),
             });
         }
         // The client settings' values are checked as a source would check them.

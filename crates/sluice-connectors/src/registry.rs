@@ -24,7 +24,7 @@ pub struct RegistryOptions {
     /// Basic-auth user and password.
     pub auth: Option<(String, String)>,
     /// A CA certificate (PEM) to trust for `https`, read from a file under
-    /// `allowed_file_dirs`.
+    /// `client_file_dirs`.
     pub ca_pem: Option<Vec<u8>>,
 }
 
@@ -69,6 +69,20 @@ impl RegistryOptions {
             return Err(invalid(
                 format!("the url of {what} must start with http:// or https://"),
                 "for example url = 'http://localhost:8081'",
+            ));
+        }
+        // Credentials in the URL would be shown wherever the URL is.
+        let authority = url
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if authority.contains('@') {
+            return Err(invalid(
+                format!("the url of {what} must not hold a user or password"),
+                "give them as username = '...' and password = '...' (the password is then never shown)",
             ));
         }
         let auth = match (options.get("username"), options.get("password")) {
@@ -167,7 +181,9 @@ impl Registry {
     pub fn new(options: RegistryOptions) -> Result<Self> {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            // Only the registry itself is asked: a redirect elsewhere is an error.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &options.ca_pem {
             let cert =
                 reqwest::Certificate::from_pem(pem).map_err(|e| SluiceError::InvalidOption {
@@ -299,28 +315,46 @@ impl Registry {
     }
 }
 
+/// The most bytes of an answer read (a schema is a few KiB).
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
 /// The body of a 2xx answer, or the error an answer means.
 async fn answer(
     url: &str,
-    response: reqwest::Response,
+    mut response: reqwest::Response,
 ) -> std::result::Result<String, RegistryError> {
     let status = response.status();
-    let body = response.text().await.map_err(|e| {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
         RegistryError::Unavailable(format!("schema registry {url}: {}", reqwest_reason(&e)))
-    })?;
+    })? {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(RegistryError::Refused(format!(
+                "schema registry {url} answered more than {} MiB",
+                MAX_ANSWER_BYTES >> 20
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let body = String::from_utf8_lossy(&bytes).into_owned();
     if status.is_success() {
         return Ok(body);
     }
     // The registry's own message ({"error_code": ..., "message": ...}),
     // bounded: it is shown to users.
-    let message = serde_json::from_str::<serde_json::Value>(&body)
+    let message: String = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| body.chars().take(200).collect());
+        .unwrap_or(body)
+        .chars()
+        .take(200)
+        .collect();
     let text = format!("schema registry {url} answered {status}: {message}");
     Err(match status.as_u16() {
         404 => RegistryError::NotFound(text),
-        s if s >= 500 || s == 429 => RegistryError::Unavailable(text),
+        // Not settled either: the operator fixes the password or the
+        // registry, and sources retry (no record is skipped meanwhile).
+        s if s >= 500 || s == 429 || s == 401 || s == 403 => RegistryError::Unavailable(text),
         _ => RegistryError::Refused(text),
     })
 }
@@ -385,6 +419,10 @@ mod tests {
             (
                 vec![("url", "http://x"), ("topic", "t")],
                 "unrecognized option \"topic\"",
+            ),
+            (
+                vec![("url", "http://u:secret@sr:8081")],
+                "must not hold a user or password",
             ),
         ] {
             let e = RegistryOptions::parse("r", &opts(&bad), &p).expect_err(needle);

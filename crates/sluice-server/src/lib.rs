@@ -78,7 +78,8 @@ impl Server {
                 options,
                 sluice_connectors::Policy {
                     extra_properties: config.kafka_allowed_properties.clone(),
-                    file_dirs: config.allowed_file_dirs.clone(),
+                    file_dirs: config.client_file_dirs.clone(),
+                    source_dirs: config.source_file_dirs.clone(),
                 },
             )
             .await?,

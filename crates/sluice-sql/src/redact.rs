@@ -33,14 +33,11 @@ pub fn redact(sql: &str) -> Cow<'_, str> {
     let mut name = String::new();
     let mut after_eq = false;
     for token in &tokens {
+        // Whatever follows `<secret> =` (a string in any quoting, a
+        // number, a bare word) is hidden.
         let shown = match token {
-            Token::SingleQuotedString(_)
-            | Token::DoubleQuotedString(_)
-            | Token::EscapedStringLiteral(_)
-                if after_eq && secret_name(&name) =>
-            {
-                "'***'".to_owned()
-            }
+            Token::Whitespace(_) => token.to_string(),
+            _ if after_eq && secret_name(&name) => "'***'".to_owned(),
             other => other.to_string(),
         };
         match token {
@@ -75,6 +72,14 @@ mod tests {
                 "create stream s (a int) with (properties.ssl.key.password='***', topic='password')",
             ),
             ("SELECT 'password' = 'x'", "SELECT 'password' = 'x'"),
+            (
+                "CREATE CONNECTION r WITH (password = \"dq\", sasl_password = 12345, ssl_key_password = bare, x = 1)",
+                "CREATE CONNECTION r WITH (password = '***', sasl_password = '***', ssl_key_password = '***', x = 1)",
+            ),
+            (
+                "CREATE CONNECTION r WITH (password = $$dollar$$)",
+                "CREATE CONNECTION r WITH (password = '***')",
+            ),
         ] {
             assert_eq!(redact(sql), shown, "{sql}");
         }

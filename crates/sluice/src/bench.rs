@@ -234,7 +234,8 @@ pub async fn run(
     let store: Arc<dyn StateBackend> = Arc::new(RocksBackend::open(dir.path())?);
     let policy = sluice_connectors::Policy {
         extra_properties: Vec::new(),
-        file_dirs: vec![files.path().to_owned()],
+        file_dirs: Vec::new(),
+        source_dirs: vec![files.path().to_owned()],
     };
     let engine = Engine::open(store, DataflowOptions::default(), policy).await?;
     run_sql(

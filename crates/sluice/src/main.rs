@@ -162,15 +162,25 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_STARTUP_TIMEOUT_MS", value_name = "MS")]
     startup_timeout_ms: Option<u64>,
 
-    /// A directory whose files SQL may name (Kafka certificates and keys);
-    /// repeat for more [default: none].
+    /// A directory of certificate and key files Kafka and schema registry
+    /// clients may open when SQL names them; repeat for more [default: none].
     #[arg(
-        long = "allowed-file-dir",
-        env = "SLUICE_ALLOWED_FILE_DIRS",
+        long = "client-file-dir",
+        env = "SLUICE_CLIENT_FILE_DIRS",
         value_name = "DIR",
         value_delimiter = ','
     )]
-    allowed_file_dirs: Vec<PathBuf>,
+    client_file_dirs: Vec<PathBuf>,
+
+    /// A directory whose files the file connector may read into streams;
+    /// repeat for more [default: none].
+    #[arg(
+        long = "source-file-dir",
+        env = "SLUICE_SOURCE_FILE_DIRS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    source_file_dirs: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -223,8 +233,11 @@ impl ServeArgs {
         if let Some(v) = self.startup_timeout_ms {
             config.startup_timeout_ms = v;
         }
-        if !self.allowed_file_dirs.is_empty() {
-            config.allowed_file_dirs = self.allowed_file_dirs;
+        if !self.client_file_dirs.is_empty() {
+            config.client_file_dirs = self.client_file_dirs;
+        }
+        if !self.source_file_dirs.is_empty() {
+            config.source_file_dirs = self.source_file_dirs;
         }
         Ok(config)
     }

@@ -16,7 +16,7 @@
 //! goes on exactly after the last line written. A line that is not one
 //! record is a bad record (`on_error`: `skip`, the default, or `fail`),
 //! logged with its file and line. Only files under the server's
-//! `allowed_file_dirs` can be read.
+//! `source_file_dirs` can be read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,7 +86,7 @@ fn fixed_dir(pattern: &str) -> PathBuf {
 /// Whether `path` (resolved) is under a directory of `policy`.
 fn allowed(policy: &Policy, path: &Path) -> bool {
     policy
-        .file_dirs
+        .source_dirs
         .iter()
         .filter_map(|d| d.canonicalize().ok())
         .any(|d| path.starts_with(d))
@@ -134,12 +134,12 @@ impl FileSource {
                 "option \"path\": \"{}\" is not a directory under a directory the server allows",
                 dir.display()
             ),
-            hint: Some(if policy.file_dirs.is_empty() {
+            hint: Some(if policy.source_dirs.is_empty() {
                 "no directory is allowed: the server's operator can list directories SQL may \
-                 read files in with allowed_file_dirs in the config file"
+                 read files from with source_file_dirs in the config file"
                     .to_owned()
             } else {
-                "files must be under a directory of the server's allowed_file_dirs".to_owned()
+                "files must be under a directory of the server's source_file_dirs".to_owned()
             }),
         };
         let base = dir
@@ -191,7 +191,7 @@ impl FileSource {
                 Ok(p) if p.is_file() && allowed(policy, &p) => out.push(p),
                 // A symbolic link out of the allowed directories, say.
                 Ok(p) if p.is_file() => {
-                    tracing::warn!(file = %entry.display(), "file outside allowed_file_dirs skipped")
+                    tracing::warn!(file = %entry.display(), "file outside source_file_dirs skipped")
                 }
                 _ => {}
             }
@@ -215,7 +215,7 @@ impl Connector for Files {
         vec![
             doc(
                 "path",
-                "a glob of files under allowed_file_dirs, read in name order",
+                "a glob of files under source_file_dirs, read in name order",
             ),
             doc(
                 "format",
@@ -275,7 +275,7 @@ async fn run(
     tracing::info!(source = %relation.name(), path = %source.pattern, dir = %source.base.display(), "file source started");
     // Sizes seen at the last look: a last line without its newline is
     // taken once the file stops growing.
-    let mut sizes: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    let mut sizes: BTreeMap<PathBuf, (u64, std::time::Instant)> = BTreeMap::new();
     loop {
         match read_new(&catalog, &policy, &relation, &source, &status, &mut sizes).await {
             Ok(Progress::Caught) => {
@@ -312,7 +312,7 @@ async fn read_new(
     relation: &Arc<Relation>,
     source: &FileSource,
     status: &SourceStatus,
-    sizes: &mut BTreeMap<PathBuf, u64>,
+    sizes: &mut BTreeMap<PathBuf, (u64, std::time::Instant)>,
 ) -> Result<Progress> {
     let positions = catalog.named_positions(relation.entry().id)?;
     for file in source.files(policy)? {
@@ -324,7 +324,18 @@ async fn read_new(
                 let size = std::fs::metadata(&file)
                     .map_err(|e| SluiceError::Storage(format!("{}: {e}", file.display())))?
                     .len();
-                let settled = sizes.insert(file.clone(), size) == Some(size);
+                // A last line without its newline is taken once the file
+                // kept its size for a poll interval.
+                let now = std::time::Instant::now();
+                let settled = match sizes.get(&file) {
+                    Some((seen, since)) if *seen == size => {
+                        now.duration_since(*since) >= source.poll
+                    }
+                    _ => {
+                        sizes.insert(file.clone(), (size, now));
+                        false
+                    }
+                };
                 read_lines(relation, source.format, &file, next, size, settled)?
             }
         };
@@ -397,7 +408,15 @@ fn read_lines(
     settled: bool,
 ) -> Result<Option<Chunk>> {
     use std::io::{Read, Seek, SeekFrom};
-    let from_u = u64::try_from(from).unwrap_or(0);
+    let mut from_u = u64::try_from(from).unwrap_or(0);
+    let mut from = from;
+    if size < from_u {
+        // Truncated (or replaced by a shorter file): read it again from
+        // the start, as `tail -F` does.
+        tracing::warn!(file = %file.display(), size, position = from_u, "file is shorter than the position read: reading it from the start");
+        from_u = 0;
+        from = 0;
+    }
     if size <= from_u {
         return Ok(None);
     }
@@ -445,9 +464,13 @@ fn read_lines(
     let check = |b: &RecordBatch, _: &[usize]| relation.check_rows(b);
     let schema = relation.schema();
     let d = decode(&schema, &encoding, &records, &check)?;
-    // Line numbers: count the newlines before `from` only once per file
-    // read (cheap next to decoding), so logs can say which line.
-    let first_line = line_number(file, from_u).unwrap_or(0);
+    // Line numbers, for the log of bad records only (counting the
+    // newlines before `from` reads the file up to there).
+    let first_line = if d.bad.is_empty() {
+        0
+    } else {
+        line_number(file, from_u).unwrap_or(0)
+    };
     let line_of = |record: usize| -> u64 {
         let at = starts[kept[record]];
         first_line + buf[..at].iter().filter(|b| **b == b'\n').count() as u64 + 1
@@ -572,7 +595,8 @@ mod tests {
         std::fs::create_dir(&inside).expect("mkdir");
         let policy = Policy {
             extra_properties: vec![],
-            file_dirs: vec![inside.clone()],
+            file_dirs: vec![],
+            source_dirs: vec![inside.clone()],
         };
         let opts = |path: String| -> BTreeMap<String, String> {
             [("path".to_owned(), path)].into_iter().collect()

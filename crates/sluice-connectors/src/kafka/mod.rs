@@ -44,17 +44,17 @@ const CLIENT_OPTIONS: &[OptionDoc] = &[
     doc("sasl_password", "the SASL password (secret: never shown)"),
     doc(
         "ssl_ca_location",
-        "CA certificate file, under allowed_file_dirs",
+        "CA certificate file, under client_file_dirs",
     ),
     doc("ssl_ca_pem", "CA certificate, PEM text"),
     doc(
         "ssl_certificate_location",
-        "client certificate file, under allowed_file_dirs",
+        "client certificate file, under client_file_dirs",
     ),
     doc("ssl_certificate_pem", "client certificate, PEM text"),
     doc(
         "ssl_key_location",
-        "client key file, under allowed_file_dirs",
+        "client key file, under client_file_dirs",
     ),
     doc("ssl_key_pem", "client key, PEM text (secret)"),
     doc("ssl_key_password", "the client key's password (secret)"),
@@ -167,6 +167,22 @@ impl Connector for Kafka {
 
     fn prefixes(&self) -> &'static [&'static str] {
         &["properties."]
+    }
+
+    fn locked_by_connection(&self, key: &str) -> bool {
+        CLIENT_OPTIONS.iter().any(|o| o.name == key)
+            || key.strip_prefix("properties.").is_some_and(|p| {
+                [
+                    "sasl.",
+                    "ssl.",
+                    "security.",
+                    "enable.ssl",
+                    "bootstrap",
+                    "metadata.broker",
+                ]
+                .iter()
+                .any(|locked| p.starts_with(locked))
+            })
     }
 
     fn check_source(

@@ -23,6 +23,8 @@ pub enum Format {
     Avro,
     /// Debezium change events in JSON (tables keyed by the primary key).
     DebeziumJson,
+    /// Debezium change events in Avro through the registry.
+    DebeziumAvro,
     /// Tables: the Kafka key and value in Avro (the registry's wire
     /// format, subjects `<topic>-key` and `<topic>-value`); a null value
     /// deletes the key.
@@ -164,8 +166,8 @@ fn schema_registry(
     what: &str,
 ) -> Result<Option<String>> {
     match (options.get("schema_registry"), format) {
-        (Some(r), Format::Avro | Format::UpsertAvro) => Ok(Some(r.clone())),
-        (None, Format::Avro | Format::UpsertAvro) => Err(invalid(
+        (Some(r), Format::Avro | Format::UpsertAvro | Format::DebeziumAvro) => Ok(Some(r.clone())),
+        (None, Format::Avro | Format::UpsertAvro | Format::DebeziumAvro) => Err(invalid(
             format!("format 'avro' needs option \"schema_registry\" for {what}"),
             "add schema_registry = 'connection name' (CREATE CONNECTION ... type = 'schema_registry') \
              or schema_registry = 'http://host:8081'",
@@ -218,9 +220,10 @@ impl KafkaSource {
             }
             (None | Some("json" | "upsert_json"), RelationKind::Table) => Format::UpsertJson,
             (Some("debezium_json"), RelationKind::Table) => Format::DebeziumJson,
-            (Some("debezium_json"), RelationKind::Stream) => {
+            (Some("debezium_avro"), RelationKind::Table) => Format::DebeziumAvro,
+            (Some(f @ ("debezium_json" | "debezium_avro")), RelationKind::Stream) => {
                 return Err(invalid(
-                    format!("format \"debezium_json\" needs a table, but \"{name}\" is a {kind}"),
+                    format!("format \"{f}\" needs a table, but \"{name}\" is a {kind}"),
                     "declare the changed rows as a TABLE with the source table's PRIMARY KEY",
                 ))
             }
@@ -239,7 +242,7 @@ impl KafkaSource {
             (Some(other), RelationKind::Stream | RelationKind::Table) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "formats: json, csv, avro (streams), upsert_json, upsert_avro, debezium_json (tables)",
+                    "formats: json, csv, avro (streams), upsert_json, upsert_avro, debezium_json, debezium_avro (tables)",
                 ))
             }
             (_, RelationKind::View | RelationKind::Sink) => {

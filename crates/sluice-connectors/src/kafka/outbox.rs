@@ -105,8 +105,15 @@ impl Outbox {
                         format!("{e} (a record of {size} bytes)"),
                     ));
                 }
-                Err(_) => {
-                    // The local queue is full: keep it for later.
+                Err((e, _)) => {
+                    // The local queue is full (or the client cannot take
+                    // it now): keep it for later.
+                    if !matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) {
+                        tracing::warn!(%topic, error = %e, "kafka sink cannot hand a record to the client; retrying");
+                    }
                     self.unsent.push_front(r);
                     return;
                 }
@@ -174,8 +181,9 @@ impl Outbox {
                     status.add(0, 0, 1);
                     tracing::warn!(sink = %name, %topic, error = %e, "kafka sink delivery failed; retrying");
                     status.set_retrying(&e.to_string());
-                    // Again, after those already queued.
-                    self.unsent.push_back(record);
+                    // Again, before those not yet handed over (librdkafka,
+                    // idempotent, kept the order of those it still holds).
+                    self.unsent.push_front(record);
                     if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
                         .await
                         .is_err()

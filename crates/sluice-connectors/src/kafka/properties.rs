@@ -8,7 +8,7 @@
 //! chosen from SQL. So `properties.<name>` passes a setting through only
 //! when `<name>` is in [`SAFE`] (tuning, timeouts, batching, compression,
 //! the client id, and TLS/SASL choices that load nothing), in [`FILES`]
-//! with a path under a directory the operator allowed (`allowed_file_dirs`
+//! with a path under a directory the operator allowed (`client_file_dirs`
 //! in the server's config), or in the operator's own list
 //! (`kafka_allowed_properties`); anything else is refused with 42501.
 //!
@@ -28,9 +28,11 @@ use sluice_common::{Result, SluiceError};
 pub struct Policy {
     /// Extra client settings SQL may pass as `properties.<name>`.
     pub extra_properties: Vec<String>,
-    /// Directories whose files SQL may name (certificates, keys, and the
-    /// files a file source reads).
+    /// Directories of the certificate and key files clients may open when
+    /// SQL names them (never shown to SQL).
     pub file_dirs: Vec<PathBuf>,
+    /// Directories whose files the file connector may read into rows.
+    pub source_dirs: Vec<PathBuf>,
 }
 
 impl Policy {
@@ -41,7 +43,7 @@ impl Policy {
             message: format!("option \"{option}\": {why}"),
             hint: Some(if self.file_dirs.is_empty() {
                 "no directory is allowed: the server's operator can list directories SQL may \
-                 name files in with allowed_file_dirs in the config file"
+                 name certificate and key files in with client_file_dirs in the config file"
                     .to_owned()
             } else {
                 format!(
@@ -129,7 +131,6 @@ pub const SAFE: &[&str] = &[
     "retry.backoff.max.ms",
     "retry.backoff.ms",
     "sasl.mechanism",
-    "sasl.mechanisms",
     "sasl.password",
     "sasl.username",
     "security.protocol",
@@ -157,7 +158,7 @@ pub const SAFE: &[&str] = &[
 ];
 
 /// Settings that name a file the client reads: allowed only for a path
-/// under `allowed_file_dirs`.
+/// under `client_file_dirs`.
 pub const FILES: &[&str] = &[
     "ssl.ca.location",
     "ssl.certificate.location",
@@ -241,6 +242,12 @@ impl Settings {
         let mut settings: Vec<(String, String)> = Vec::new();
         for (key, value) in options {
             let (setting, shown) = if let Some(name) = key.strip_prefix("properties.") {
+                // librdkafka's alias: one setting, whichever name is used.
+                let name = if name == "sasl.mechanisms" {
+                    "sasl.mechanism"
+                } else {
+                    name
+                };
                 (name, key.as_str())
             } else if let Some((_, name)) = SECURITY_OPTIONS.iter().find(|(o, _)| o == key) {
                 (*name, key.as_str())
@@ -298,9 +305,7 @@ impl Settings {
                 "security_protocol is PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
             ));
         }
-        let mechanism = self
-            .get("sasl.mechanism")
-            .or_else(|| self.get("sasl.mechanisms"));
+        let mechanism = self.get("sasl.mechanism");
         if let Some(m) = mechanism {
             let m = m.to_ascii_uppercase();
             if m == "GSSAPI" || m == "OAUTHBEARER" {
@@ -356,6 +361,7 @@ mod tests {
         let policy = Policy {
             extra_properties: vec!["statistics.interval.ms".into()],
             file_dirs: vec![dir.path().to_owned()],
+            source_dirs: vec![],
         };
         let ca_path = ca.to_string_lossy().into_owned();
         // (options, Ok(settings) or Err(sqlstate, message part))
@@ -443,6 +449,17 @@ mod tests {
             (
                 vec![("sasl_username", "u"), ("properties.sasl.username", "v")],
                 Err(("22023", "given twice")),
+            ),
+            (
+                vec![
+                    ("sasl_mechanism", "SCRAM-SHA-512"),
+                    ("properties.sasl.mechanisms", "PLAIN"),
+                ],
+                Err(("22023", "given twice")),
+            ),
+            (
+                vec![("properties.metadata.broker.list", "evil:9092")],
+                Err(("42501", "metadata.broker.list")),
             ),
         ];
         for (options, expected) in cases {

@@ -103,7 +103,9 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
             "avro changes are encoded by the sink's encoder",
         )),
         Format::DebeziumJson => debezium_records(spec, changes),
-        Format::UpsertAvro => Err(SluiceError::internal("upsert_avro is not a sink format")),
+        Format::UpsertAvro | Format::DebeziumAvro => Err(SluiceError::internal(
+            "upsert_avro and debezium_avro are not sink formats",
+        )),
         Format::Json | Format::Csv => {
             let batch = with_op(spec, changes)?;
             Ok(json_lines(&batch)?
@@ -139,18 +141,20 @@ fn debezium_records(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record
         }
     }
     // Each delete takes an insert of its key (before or after it in the
-    // batch): the two are one update, written where the delete is.
+    // batch) of a different row: the two are one update, written where the
+    // delete is. A row deleted and inserted unchanged is no update.
     let mut partner: Vec<Option<usize>> = vec![None; rows.len()];
     let mut taken = vec![false; rows.len()];
     if let Some(keys) = &keys {
         for i in 0..rows.len() {
             if changes.sign(i) < 0 {
-                if let Some(j) = inserts
-                    .get_mut(keys[i].as_slice())
-                    .and_then(|q| q.pop_front())
-                {
-                    partner[i] = Some(j);
-                    taken[j] = true;
+                if let Some(q) = inserts.get_mut(keys[i].as_slice()) {
+                    if let Some(p) = q.iter().position(|&j| rows[j] != rows[i]) {
+                        if let Some(j) = q.remove(p) {
+                            partner[i] = Some(j);
+                            taken[j] = true;
+                        }
+                    }
                 }
             }
         }
@@ -275,7 +279,8 @@ fn producer(
     name: &str,
     status: &Arc<SourceStatus>,
 ) -> Result<FutureProducer<Reporting>> {
-    client_config(&options.bootstrap_servers, &options.properties)
+    let config = client_config(&options.bootstrap_servers, &options.properties);
+    config
         .create_with_context(Reporting::new(name, status))
         .map_err(|e| SluiceError::Storage(format!("kafka: {e}")))
 }
@@ -449,8 +454,19 @@ pub async fn run(
         }
         Err(e) => tracing::error!(sink = %name, error = %e, "cannot read the sink's backlog"),
     }
-    outbox.send(&producer, &topic);
+    // A sink stopped by on_error = 'fail' stays stopped across restarts.
+    let mut failed_key = sluice_catalog::state_prefix(env.view);
+    failed_key.extend_from_slice(b"sink-failed");
     let mut failed = false;
+    if let Ok(found) = txn.multi_get(std::slice::from_ref(&failed_key)) {
+        if let Some(reason) = found.into_iter().flatten().next() {
+            failed = true;
+            outbox = Outbox::default();
+            status.set_state(String::from_utf8_lossy(&reason).into_owned());
+        }
+    }
+    let mut failure_saved = failed;
+    outbox.send(&producer, &topic);
     while let Some((_, message)) = inbox.recv().await {
         match message {
             Message::Data(_) if failed => {}
@@ -506,6 +522,11 @@ pub async fn run(
                         txn.delete(backlog_key.clone());
                         saved = false;
                     }
+                }
+                if failed && !failure_saved {
+                    txn.put(failed_key.clone(), status.state().into_bytes());
+                    txn.delete(backlog_key.clone());
+                    failure_saved = true;
                 }
                 if !env.checkpoint(epoch, &mut txn, None) {
                     break;

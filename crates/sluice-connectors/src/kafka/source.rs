@@ -452,7 +452,11 @@ fn convert(
             let batch = relation.normalize_rows(batch)?;
             Ok((vec![Ingest::Append(batch)], d.bad))
         }
-        Format::DebeziumJson => debezium_changes(relation, &layout, messages),
+        Format::DebeziumJson => debezium_changes(relation, &layout, messages, &DebeziumEnvelope),
+        Format::DebeziumAvro => match avro {
+            Some(avro) => debezium_changes(relation, &layout, messages, avro),
+            None => Err(SluiceError::internal("an Avro source without a registry")),
+        },
         Format::UpsertJson | Format::UpsertAvro => {
             let codecs = match (format, avro) {
                 (Format::UpsertAvro, Some(avro)) => Codecs {
@@ -513,6 +517,7 @@ fn debezium_changes(
     relation: &Relation,
     layout: &Layout,
     messages: &[OwnedMessage],
+    envelopes: &dyn RecordFormat,
 ) -> Result<Converted> {
     let value = layout.value_schema.clone();
     let envelope = debezium::envelope_schema(&value);
@@ -524,7 +529,7 @@ fn debezium_changes(
         .iter()
         .map(|&i| messages[i].payload().unwrap_or_default())
         .collect();
-    let d = decode(&envelope, &DebeziumEnvelope, &records, &|_, _| Ok(()))?;
+    let d = decode(&envelope, envelopes, &records, &|_, _| Ok(()))?;
     let mut bad: BadRecords = d
         .bad
         .iter()

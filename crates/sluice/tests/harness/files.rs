@@ -2,7 +2,7 @@
 //! Parquet files matched by a glob, read in name order; lines appended and
 //! files added later are picked up; bad lines are counted; a restart goes
 //! on after the last line written (nothing twice); paths outside
-//! `allowed_file_dirs` are refused.
+//! `source_file_dirs` are refused.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ pub async fn files_over_a_growing_directory() -> anyhow::Result<()> {
     // Not matched by the glob.
     append(&data.join("other.txt"), "{\"user_id\": 99}\n")?;
     let mut server = TestServer::start_with(sluice_common::Config {
-        allowed_file_dirs: vec![data.clone()],
+        source_file_dirs: vec![data.clone()],
         ..sluice_common::Config::default()
     })
     .await?;

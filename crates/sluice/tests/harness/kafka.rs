@@ -498,14 +498,14 @@ pub async fn sinks_write_json_and_upserts() -> anyhow::Result<()> {
         ],
         "jobs topic: {jobs:?}"
     );
+    let sinks = rows(
+        &client,
+        "SELECT sink, records, failed_deliveries FROM sluice_sinks ORDER BY sink",
+    )
+    .await?;
     ensure!(
-        rows(
-            &client,
-            "SELECT sink, records, failed_deliveries FROM sluice_sinks ORDER BY sink"
-        )
-        .await?
-            == vec!["enriched_out 2 0", "jobs_out 4 0"],
-        "sluice_sinks"
+        sinks == vec!["enriched_out 2 0", "jobs_out 4 0"],
+        "sluice_sinks: {sinks:?}"
     );
     ensure!(
         rows(&client, "SHOW SINKS").await? == vec!["enriched_out", "jobs_out"],
@@ -869,7 +869,7 @@ fn fixtures() -> std::path::PathBuf {
 /// the port of a TLS proxy in front of it, so that every connection of
 /// the client (bootstrap and broker) goes through TLS. A trusted CA
 /// reads and writes; an untrusted one fails with a state that says so;
-/// the CA file must be under `allowed_file_dirs`.
+/// the CA file must be under `client_file_dirs`.
 pub async fn tls_to_the_broker() -> anyhow::Result<()> {
     use rdkafka::bindings as rd;
     use rdkafka::producer::BaseProducer;
@@ -906,7 +906,7 @@ pub async fn tls_to_the_broker() -> anyhow::Result<()> {
     let tls = format!("127.0.0.1:{port}");
 
     let server = TestServer::start_with(sluice_common::Config {
-        allowed_file_dirs: vec![fixtures()],
+        client_file_dirs: vec![fixtures()],
         ..sluice_common::Config::default()
     })
     .await?;
@@ -1058,6 +1058,100 @@ fn profiles(
         avro_records(PROFILE_KEY, key_id, &keys)?,
         avro_records(PROFILE_VALUE, value_id, &values)?,
     ))
+}
+
+/// A Debezium envelope in Avro: `before`/`after` records of the source
+/// table (with a column, `created`, the Sluice table does not declare; and
+/// without `balance` in `before`, which the table does declare).
+const ACCOUNT_ENVELOPE: &str = r#"{"type": "record", "name": "Envelope", "namespace": "pg.public.accounts", "fields": [
+  {"name": "before", "type": ["null", {"type": "record", "name": "Before", "fields": [
+     {"name": "id", "type": "long"}, {"name": "owner", "type": ["null", "string"], "default": null}]}], "default": null},
+  {"name": "after", "type": ["null", {"type": "record", "name": "After", "fields": [
+     {"name": "id", "type": "long"}, {"name": "owner", "type": ["null", "string"], "default": null},
+     {"name": "balance", "type": ["null", "long"], "default": null},
+     {"name": "created", "type": ["null", "string"], "default": null}]}], "default": null},
+  {"name": "op", "type": "string"},
+  {"name": "ts_ms", "type": ["null", "long"], "default": null}]}"#;
+
+/// Creates 1, 2, 3; updates 1; deletes 2.
+fn account_events() -> anyhow::Result<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, StructArray};
+    use datafusion::arrow::buffer::NullBuffer;
+    use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+    let before_fields = Fields::from(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("owner", DataType::Utf8, true),
+    ]);
+    let after_fields = Fields::from(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("owner", DataType::Utf8, true),
+        Field::new("balance", DataType::Int64, true),
+        Field::new("created", DataType::Utf8, true),
+    ]);
+    // (before id, owner) / (after id, owner, balance), op
+    let before = StructArray::try_new(
+        before_fields.clone(),
+        vec![
+            std::sync::Arc::new(Int64Array::from(vec![0, 0, 0, 1, 2])) as ArrayRef,
+            std::sync::Arc::new(StringArray::from(vec![
+                None,
+                None,
+                None,
+                Some("ann"),
+                Some("bob"),
+            ])),
+        ],
+        Some(NullBuffer::from(vec![false, false, false, true, true])),
+    )?;
+    let after = StructArray::try_new(
+        after_fields.clone(),
+        vec![
+            std::sync::Arc::new(Int64Array::from(vec![1, 2, 3, 1, 0])) as ArrayRef,
+            std::sync::Arc::new(StringArray::from(vec![
+                Some("ann"),
+                Some("bob"),
+                Some("cy"),
+                Some("ann"),
+                None,
+            ])),
+            std::sync::Arc::new(Int64Array::from(vec![
+                Some(100),
+                Some(5),
+                None,
+                Some(150),
+                None,
+            ])),
+            std::sync::Arc::new(StringArray::from(vec![
+                Some("2024"),
+                None,
+                None,
+                None,
+                None,
+            ])),
+        ],
+        Some(NullBuffer::from(vec![true, true, true, true, false])),
+    )?;
+    let schema = Schema::new(vec![
+        Field::new("before", DataType::Struct(before_fields), true),
+        Field::new("after", DataType::Struct(after_fields), true),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("ts_ms", DataType::Int64, true),
+    ]);
+    Ok(datafusion::arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(schema),
+        vec![
+            std::sync::Arc::new(before),
+            std::sync::Arc::new(after),
+            std::sync::Arc::new(StringArray::from(vec!["c", "c", "c", "u", "d"])),
+            std::sync::Arc::new(Int64Array::from(vec![
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(4),
+                Some(5),
+            ])),
+        ],
+    )?)
 }
 
 const PAGEVIEW_V1: &str = r#"{"type": "record", "name": "PageView", "namespace": "web", "fields": [
@@ -1394,6 +1488,40 @@ pub async fn avro_through_the_registry() -> anyhow::Result<()> {
     ] {
         ensure!(text.contains(want), "sink rows lack {want}:\n{text}");
     }
+
+    // Debezium envelopes in Avro through the registry (debezium_avro): the
+    // row records matched by name, like the top level.
+    cluster.create_topic("pg.public.accounts", 1, 1)?;
+    let envelope_id = client_of
+        .register("pg.public.accounts-value", ACCOUNT_ENVELOPE)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for r in avro_records(ACCOUNT_ENVELOPE, envelope_id, &account_events()?)? {
+        let record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to("pg.public.accounts").payload(r.as_slice());
+        p.send(record).map_err(|(e, _)| e)?;
+    }
+    let tombstone: BaseRecord<'_, [u8], [u8]> =
+        BaseRecord::to("pg.public.accounts").key(b"{}".as_slice());
+    p.send(tombstone).map_err(|(e, _)| e)?;
+    p.flush(Duration::from_secs(10))?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id BIGINT PRIMARY KEY, owner TEXT, balance BIGINT)
+               WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = 'pg.public.accounts',
+                     format = 'debezium_avro', schema_registry = 'registry');"
+        ))
+        .await?;
+    let got = wait_until(
+        &client,
+        "SELECT id, owner, balance FROM accounts ORDER BY id",
+        |r| r == ["1 ann 150", "3 cy NULL"],
+    )
+    .await?;
+    ensure!(
+        got == ["1 ann 150", "3 cy NULL"],
+        "debezium_avro accounts: {got:?}"
+    );
     Ok(())
 }
 

@@ -193,7 +193,7 @@ pub async fn run_file(path: &Path, protocol: Protocol, complete: bool) -> Result
         .canonicalize()
         .map_err(|e| format!("sql-tests/files: {e}"))?;
     let server = TestServer::start_with(sluice_common::Config {
-        allowed_file_dirs: vec![allowed.clone()],
+        client_file_dirs: vec![allowed.clone()],
         ..sluice_common::Config::default()
     })
     .await
