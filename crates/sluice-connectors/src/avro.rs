@@ -21,15 +21,13 @@ use arrow_avro::schema::{
 };
 use arrow_avro::writer::format::AvroSoeFormat;
 use arrow_avro::writer::{Encoder, WriterBuilder};
-use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, RecordBatch, StructArray, UInt32Array,
-};
-use datafusion::arrow::compute::{can_cast_types, cast, concat_batches, take_record_batch};
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use sluice_common::{Result, SluiceError};
 use sluice_sql::SqlType;
 
-use crate::decode::RecordFormat;
+use crate::decode::{by_name, RecordFormat};
 use crate::registry::{Registry, RegistryError};
 
 /// The most records one decoder batch holds (a poll is at most 10,000;
@@ -224,62 +222,6 @@ impl AvroFormat {
     }
 }
 
-/// `batch` (decoded with a writer schema) as rows of `schema`: columns by
-/// name, cast to the declared types; missing ones NULL.
-fn project(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let rows = batch.num_rows();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
-        let column = match batch.column_by_name(field.name()) {
-            Some(c) => conform(field.name(), c, field.data_type())?,
-            None => new_null_array(field.data_type(), rows),
-        };
-        columns.push(column);
-    }
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-/// `column` as `to`: cast, or, for a record (struct) into a struct, its
-/// fields matched by name, recursively (missing ones NULL), so that a
-/// nested record (a Debezium `before`/`after`) evolves like the top level.
-fn conform(name: &str, column: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
-    if column.data_type() == to {
-        return Ok(column.clone());
-    }
-    if let (DataType::Struct(_), DataType::Struct(targets)) = (column.data_type(), to) {
-        let source = column
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .ok_or_else(|| SluiceError::internal("a struct column is not a StructArray"))?;
-        let mut children = Vec::with_capacity(targets.len());
-        for target in targets {
-            children.push(match source.column_by_name(target.name()) {
-                Some(c) => conform(target.name(), c, target.data_type())?,
-                None => new_null_array(target.data_type(), source.len()),
-            });
-        }
-        return Ok(Arc::new(StructArray::try_new(
-            targets.clone(),
-            children,
-            source.nulls().cloned(),
-        )?));
-    }
-    if can_cast_types(column.data_type(), to) {
-        return cast(column, to).map_err(|e| {
-            bad(format!(
-                "Avro field \"{name}\" ({}) does not convert to {}: {e}",
-                column.data_type(),
-                sluice_sql::pg_type_name(to)
-            ))
-        });
-    }
-    Err(bad(format!(
-        "Avro field \"{name}\" is {}, which cannot be a {} column (an incompatible schema change)",
-        column.data_type(),
-        sluice_sql::pg_type_name(to)
-    )))
-}
-
 impl RecordFormat for AvroFormat {
     fn validate(&self, _schema: &SchemaRef, record: &[u8]) -> Result<()> {
         let id = schema_id(record)?;
@@ -303,13 +245,17 @@ impl RecordFormat for AvroFormat {
             }
         }
         if let [(id, _)] = groups.as_slice() {
-            return project(&self.decode_one_schema(*id, records)?, schema);
+            return by_name(&self.decode_one_schema(*id, records)?, schema, "Avro field");
         }
         let mut parts = Vec::with_capacity(groups.len());
         let mut order = Vec::with_capacity(records.len());
         for (id, members) in &groups {
             let of: Vec<&[u8]> = members.iter().map(|&i| records[i]).collect();
-            parts.push(project(&self.decode_one_schema(*id, &of)?, schema)?);
+            parts.push(by_name(
+                &self.decode_one_schema(*id, &of)?,
+                schema,
+                "Avro field",
+            )?);
             order.extend(members.iter().copied());
         }
         let all = concat_batches(schema, &parts)?;

@@ -28,6 +28,13 @@ pub struct OptionDoc {
     pub doc: &'static str,
 }
 
+impl OptionDoc {
+    /// An option and its one line.
+    pub const fn new(name: &'static str, doc: &'static str) -> Self {
+        OptionDoc { name, doc }
+    }
+}
+
 /// What a connector's checks and tasks may use besides the options.
 #[derive(Debug, Clone)]
 pub struct Context {

@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, StructArray};
+use datafusion::arrow::compute::{can_cast_types, cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use sluice_common::{Result, SluiceError};
 
 /// The rows decoded from some records, and the records that failed.
@@ -373,6 +373,62 @@ pub fn with_columns(
 /// Makes `schema` hold only `indices`, for decoding keys.
 pub fn project(schema: &SchemaRef, indices: &[usize]) -> Result<SchemaRef> {
     Ok(Arc::new(schema.project(indices)?))
+}
+
+/// `batch` (decoded with the writer's own columns: an Avro writer schema,
+/// a Parquet file) as rows of `schema`: columns matched by name and cast to
+/// the declared types, missing ones NULL, and records (structs) matched
+/// field by field the same way, so nested rows evolve like the top level.
+/// `what` names the source's fields in errors ("Avro field").
+pub fn by_name(batch: &RecordBatch, schema: &SchemaRef, what: &str) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        columns.push(match batch.column_by_name(field.name()) {
+            Some(c) => conform(what, field.name(), c, field.data_type())?,
+            None => new_null_array(field.data_type(), rows),
+        });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+fn conform(what: &str, name: &str, column: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    let bad = |message: String| SluiceError::InvalidText { message };
+    if column.data_type() == to {
+        return Ok(column.clone());
+    }
+    if let (DataType::Struct(_), DataType::Struct(targets)) = (column.data_type(), to) {
+        let source = column
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| SluiceError::internal("a struct column is not a StructArray"))?;
+        let mut children = Vec::with_capacity(targets.len());
+        for target in targets {
+            children.push(match source.column_by_name(target.name()) {
+                Some(c) => conform(what, target.name(), c, target.data_type())?,
+                None => new_null_array(target.data_type(), source.len()),
+            });
+        }
+        return Ok(Arc::new(StructArray::try_new(
+            targets.clone(),
+            children,
+            source.nulls().cloned(),
+        )?));
+    }
+    if can_cast_types(column.data_type(), to) {
+        return cast(column, to).map_err(|e| {
+            bad(format!(
+                "{what} \"{name}\" ({}) does not convert to {}: {e}",
+                column.data_type(),
+                sluice_sql::pg_type_name(to)
+            ))
+        });
+    }
+    Err(bad(format!(
+        "{what} \"{name}\" is {}, which cannot be a {} column (an incompatible schema change)",
+        column.data_type(),
+        sluice_sql::pg_type_name(to)
+    )))
 }
 
 #[cfg(test)]

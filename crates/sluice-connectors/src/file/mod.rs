@@ -23,16 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{can_cast_types, cast};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_catalog::{Catalog, Ingest, Relation};
 use sluice_common::{Result, SluiceError};
 use sluice_sql::{CreateRelation, RelationKind};
 
 use crate::connector::{Connector, Context, OptionDoc, Running};
-use crate::decode::{decode, Encoding};
+use crate::decode::{by_name, decode, Encoding};
 use crate::kafka::properties::Policy;
 use crate::status::{bounded, SourceStatus};
 
@@ -83,13 +81,9 @@ fn fixed_dir(pattern: &str) -> PathBuf {
     dir.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Whether `path` (resolved) is under a directory of `policy`.
+/// Whether `path` (resolved) is under a source directory of `policy`.
 fn allowed(policy: &Policy, path: &Path) -> bool {
-    policy
-        .source_dirs
-        .iter()
-        .filter_map(|d| d.canonicalize().ok())
-        .any(|d| path.starts_with(d))
+    Policy::under(&policy.source_dirs, path)
 }
 
 impl FileSource {
@@ -202,9 +196,7 @@ impl FileSource {
     }
 }
 
-const fn doc(name: &'static str, doc: &'static str) -> OptionDoc {
-    OptionDoc { name, doc }
-}
+use OptionDoc as D;
 
 impl Connector for Files {
     fn name(&self) -> &'static str {
@@ -213,16 +205,16 @@ impl Connector for Files {
 
     fn source_options(&self) -> Vec<OptionDoc> {
         vec![
-            doc(
+            D::new(
                 "path",
                 "a glob of files under source_file_dirs, read in name order",
             ),
-            doc(
+            D::new(
                 "format",
                 "json (default, one object per line), csv (no header) or parquet",
             ),
-            doc("on_error", "skip (default) or fail: what a bad line does"),
-            doc(
+            D::new("on_error", "skip (default) or fail: what a bad line does"),
+            D::new(
                 "poll_interval",
                 "how often new files and lines are looked for (default 1 second)",
             ),
@@ -537,7 +529,7 @@ fn read_parquet(relation: &Relation, file: &Path, from: i64) -> Result<Option<Ch
     for batch in reader.by_ref() {
         let batch = batch.map_err(|e| io(e.to_string()))?;
         read += batch.num_rows();
-        parts.push(by_name(&batch, &schema)?);
+        parts.push(by_name(&batch, &schema, "Parquet column")?);
     }
     let rows = datafusion::arrow::compute::concat_batches(&schema, &parts)?;
     let (rows, bad) = match relation.check_rows(&rows) {
@@ -557,31 +549,6 @@ fn read_parquet(relation: &Relation, file: &Path, from: i64) -> Result<Option<Ch
         bad,
         before_first_bad: None,
     }))
-}
-
-/// `batch`'s columns matched to `schema`'s by name and cast; missing ones
-/// NULL.
-fn by_name(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
-        columns.push(match batch.column_by_name(field.name()) {
-            Some(c) if can_cast_types(c.data_type(), field.data_type()) => {
-                cast(c, field.data_type())?
-            }
-            Some(c) => {
-                return Err(SluiceError::InvalidText {
-                    message: format!(
-                        "Parquet column \"{}\" is {}, which cannot be {}",
-                        field.name(),
-                        c.data_type(),
-                        sluice_sql::pg_type_name(field.data_type())
-                    ),
-                })
-            }
-            None => new_null_array(field.data_type(), batch.num_rows()),
-        });
-    }
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 #[cfg(test)]

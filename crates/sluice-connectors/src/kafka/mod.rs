@@ -25,85 +25,83 @@ use options::{KafkaSink, KafkaSource};
 #[derive(Debug)]
 pub struct Kafka;
 
-const fn doc(name: &'static str, doc: &'static str) -> OptionDoc {
-    OptionDoc { name, doc }
-}
+use OptionDoc as D;
 
 /// The client options sources and sinks share.
 const CLIENT_OPTIONS: &[OptionDoc] = &[
-    doc(
+    D::new(
         "bootstrap_servers",
         "host:port[,...] (default localhost:9092)",
     ),
-    doc(
+    D::new(
         "security_protocol",
         "PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL",
     ),
-    doc("sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-    doc("sasl_username", "the SASL user"),
-    doc("sasl_password", "the SASL password (secret: never shown)"),
-    doc(
+    D::new("sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    D::new("sasl_username", "the SASL user"),
+    D::new("sasl_password", "the SASL password (secret: never shown)"),
+    D::new(
         "ssl_ca_location",
         "CA certificate file, under client_file_dirs",
     ),
-    doc("ssl_ca_pem", "CA certificate, PEM text"),
-    doc(
+    D::new("ssl_ca_pem", "CA certificate, PEM text"),
+    D::new(
         "ssl_certificate_location",
         "client certificate file, under client_file_dirs",
     ),
-    doc("ssl_certificate_pem", "client certificate, PEM text"),
-    doc(
+    D::new("ssl_certificate_pem", "client certificate, PEM text"),
+    D::new(
         "ssl_key_location",
         "client key file, under client_file_dirs",
     ),
-    doc("ssl_key_pem", "client key, PEM text (secret)"),
-    doc("ssl_key_password", "the client key's password (secret)"),
-    doc(
+    D::new("ssl_key_pem", "client key, PEM text (secret)"),
+    D::new("ssl_key_password", "the client key's password (secret)"),
+    D::new(
         "ssl_endpoint_identification_algorithm",
         "https (default: check the broker's host name) or none",
     ),
 ];
 
 const SOURCE_OPTIONS: &[OptionDoc] = &[
-    doc("topic", "the topic read (every partition)"),
-    doc(
+    D::new("topic", "the topic read (every partition)"),
+    D::new(
         "format",
         "json, csv or avro (streams), upsert_json or debezium_json (tables)",
     ),
-    doc(
+    D::new(
         "schema_registry",
         "avro: a schema_registry connection, or the registry's URL",
     ),
-    doc("scan_startup", "earliest (default), latest, or a time"),
-    doc(
+    D::new("scan_startup", "earliest (default), latest, or a time"),
+    D::new(
         "on_error",
         "skip (default), fail or dead_letter: what a bad record does",
     ),
-    doc(
+    D::new(
         "dead_letter_topic",
         "where on_error = 'dead_letter' writes bad records",
     ),
 ];
 
 const SINK_OPTIONS: &[OptionDoc] = &[
-    doc("topic", "the topic written"),
-    doc(
+    D::new("topic", "the topic written"),
+    D::new(
         "format",
         "json or avro (every change, with op), upsert_json (keyed, tombstones), debezium_json",
     ),
-    doc(
+    D::new(
         "schema_registry",
         "avro: a schema_registry connection, or the registry's URL",
     ),
-    doc(
+    D::new(
         "primary_key",
         "upsert_json: the key columns, when Sluice cannot tell them",
     ),
-    doc(
+    D::new(
         "on_error",
         "fail (default), skip or dead_letter: what a refused record does",
     ),
-    doc(
+    D::new(
         "dead_letter_topic",
         "where on_error = 'dead_letter' writes refused records",
     ),

@@ -36,6 +36,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether `path` (already resolved) is under one of `dirs` (resolved
+    /// too: a directory given through a symbolic link counts as its target).
+    pub fn under(dirs: &[PathBuf], path: &Path) -> bool {
+        dirs.iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .any(|d| path.starts_with(d))
+    }
+
     /// Whether `path` names a file under one of the allowed directories,
     /// after resolving `..` and symbolic links. The path must exist.
     pub fn check_file(&self, option: &str, path: &str) -> Result<PathBuf> {
@@ -58,14 +66,10 @@ impl Policy {
         };
         // One answer for a missing file and a file elsewhere, so that SQL
         // cannot probe which files exist.
-        let resolved = Path::new(path).canonicalize().ok().filter(|resolved| {
-            resolved.is_file()
-                && self
-                    .file_dirs
-                    .iter()
-                    .filter_map(|d| d.canonicalize().ok())
-                    .any(|d| resolved.starts_with(d))
-        });
+        let resolved = Path::new(path)
+            .canonicalize()
+            .ok()
+            .filter(|resolved| resolved.is_file() && Self::under(&self.file_dirs, resolved));
         resolved.ok_or_else(|| {
             refused(format!(
                 "\"{path}\" is not a file under a directory the server allows"

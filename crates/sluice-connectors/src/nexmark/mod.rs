@@ -355,9 +355,7 @@ impl Replay for NexmarkReplay {
 #[derive(Debug)]
 pub struct Nexmark;
 
-const fn doc(name: &'static str, doc: &'static str) -> crate::connector::OptionDoc {
-    crate::connector::OptionDoc { name, doc }
-}
+use crate::connector::OptionDoc as D;
 
 impl crate::connector::Connector for Nexmark {
     fn name(&self) -> &'static str {
@@ -366,18 +364,18 @@ impl crate::connector::Connector for Nexmark {
 
     fn source_options(&self) -> Vec<crate::connector::OptionDoc> {
         vec![
-            doc("kind", "person, auction or bid"),
-            doc("events", "events of all kinds to number (default: no end)"),
-            doc(
+            D::new("kind", "person, auction or bid"),
+            D::new("events", "events of all kinds to number (default: no end)"),
+            D::new(
                 "event_rate",
                 "events per second of event time (default 10000000)",
             ),
-            doc(
+            D::new(
                 "base_time",
                 "the first event's time (default 2015-07-15 00:00:00)",
             ),
-            doc("batch_size", "events per batch (default 8192)"),
-            doc("parallelism", "tasks generating the events (default 1)"),
+            D::new("batch_size", "events per batch (default 8192)"),
+            D::new("parallelism", "tasks generating the events (default 1)"),
         ]
     }
 

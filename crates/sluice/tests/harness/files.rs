@@ -5,39 +5,21 @@
 //! `source_file_dirs` are refused.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure};
 
+use super::kafka::{rows, wait_until};
 use super::server::{connect, TestServer};
-
-async fn rows(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for message in client.simple_query(sql).await? {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = message {
-            let cells: Vec<String> = (0..r.len())
-                .map(|i| r.get(i).unwrap_or("NULL").to_owned())
-                .collect();
-            out.push(cells.join(" "));
-        }
-    }
-    Ok(out)
-}
 
 /// Polls `sql` until it returns `want` (one row), for at most 30 s.
 async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = rows(client, sql).await?;
-        if got == [want] {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let states = rows(client, "SELECT source || ': ' || state FROM sluice_sources").await?;
-            bail!("{sql}: got {got:?}, want {want} (sources: {states:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = wait_until(client, sql, |r| r == [want]).await?;
+    if got != [want] {
+        let states = rows(client, "SELECT source || ': ' || state FROM sluice_sources").await?;
+        bail!("{sql}: got {got:?}, want {want} (sources: {states:?})");
     }
+    Ok(())
 }
 
 fn append(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

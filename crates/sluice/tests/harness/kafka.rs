@@ -46,7 +46,7 @@ fn send(
 
 /// Polls `sql` until its rows (as text, cells joined by spaces) satisfy
 /// `done`, for at most 30 seconds; returns the last rows either way.
-async fn wait_until(
+pub async fn wait_until(
     client: &tokio_postgres::Client,
     sql: &str,
     done: impl Fn(&[String]) -> bool,
@@ -72,7 +72,7 @@ async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: i64) -> anyh
     Ok(())
 }
 
-async fn rows(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
+pub async fn rows(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for message in client.simple_query(sql).await? {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = message {
