@@ -4,7 +4,10 @@
 # a GROUP BY view over a bounded key space. Samples the server's RSS every
 # SAMPLE seconds and the views' state (sluice_operators) every 10 samples,
 # to benchmarks/results/soak-<date>.csv, and prints the RSS slope over the
-# second half of the run (after the caches fill) in MB/hour.
+# second half of the run (after the caches fill) in MB/hour. Each sample
+# also records what the state store holds in memory (sluice_memory:
+# RocksDB memtables, block cache, table readers), so that RSS growth can
+# be told apart from caches filling up to their configured sizes.
 #
 #   benchmarks/soak.sh [SECONDS (3600)] [ROWS_PER_SECOND (200)] [BINARY]
 #
@@ -55,7 +58,7 @@ SQL
 ) &
 feeder=$!
 
-echo "elapsed_s,rss_kb,rows,state_keys,state_bytes" >"$out"
+echo "elapsed_s,rss_kb,rows,state_keys,state_bytes,memtables_kb,block_cache_kb,table_readers_kb" >"$out"
 start=$(date +%s)
 n=0
 while [ $(( $(date +%s) - start )) -lt "$seconds" ]; do
@@ -63,12 +66,15 @@ while [ $(( $(date +%s) - start )) -lt "$seconds" ]; do
   n=$((n + 1))
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
   keys=""; bytes=""; rows=""
+  mem=$(psql_ -F, -c "SELECT max(bytes) FILTER (WHERE component = 'rocksdb_memtables') / 1024,
+      max(bytes) FILTER (WHERE component = 'rocksdb_block_cache') / 1024,
+      max(bytes) FILTER (WHERE component = 'rocksdb_table_readers') / 1024 FROM sluice_memory" || echo ",,")
   if [ $((n % 10)) -eq 0 ]; then
     rows=$(psql_ -c 'SELECT sum(n) FROM per_user' || echo "")
     state=$(psql_ -F, -c 'SELECT sum(state_keys), sum(state_bytes) FROM sluice_operators' || echo ",")
     keys="${state%%,*}"; bytes="${state##*,}"
   fi
-  echo "$(( $(date +%s) - start )),$rss,$rows,$keys,$bytes" >>"$out"
+  echo "$(( $(date +%s) - start )),$rss,$rows,$keys,$bytes,$mem" >>"$out"
 done
 
 python3 - "$out" <<'PY'
@@ -80,6 +86,12 @@ ys = [int(r["rss_kb"]) / 1024 for r in half]
 mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
 slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-9)
 state = [r for r in rows if r["state_keys"]]
+mem = [r for r in rows if r.get("memtables_kb")]
+if mem:
+    last = mem[-1]
+    store = sum(int(last[k] or 0) for k in ("memtables_kb", "block_cache_kb", "table_readers_kb")) // 1024
+    print(f"state store in memory at the end: {store} MB (memtables {int(last['memtables_kb'])//1024} MB, "
+          f"block cache {int(last['block_cache_kb'])//1024} MB, table readers {int(last['table_readers_kb'])//1024} MB)")
 print(f"samples {len(rows)}; RSS first {int(rows[0]['rss_kb'])//1024} MB, peak "
       f"{max(int(r['rss_kb']) for r in rows)//1024} MB, last {int(rows[-1]['rss_kb'])//1024} MB; "
       f"slope over the second half {slope:+.1f} MB/hour")

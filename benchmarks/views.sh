@@ -4,7 +4,7 @@
 # same query as a batch over the same rows. Writes the JSON report to
 # benchmarks/results/views-<date>.json and prints it.
 #
-#   benchmarks/views.sh [--events N] [--batch N] [--customers N] [--source insert|kafka|kafka-avro|file]
+#   benchmarks/views.sh [--events N] [--batch N] [--customers N] [--source insert|kafka|kafka-avro|kafka-protobuf|file]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"

@@ -21,13 +21,13 @@ use arrow_avro::schema::{
 };
 use arrow_avro::writer::format::AvroSoeFormat;
 use arrow_avro::writer::{Encoder, WriterBuilder};
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use sluice_common::{Result, SluiceError};
 use sluice_sql::SqlType;
 
-use crate::decode::{by_name, RecordFormat};
+use crate::decode::{by_group, by_name, RecordFormat};
 use crate::registry::{Registry, RegistryError};
 
 /// The most records one decoder batch holds (a poll is at most 10,000;
@@ -232,39 +232,9 @@ impl RecordFormat for AvroFormat {
     }
 
     fn decode_all(&self, schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch> {
-        if records.is_empty() {
-            return Ok(RecordBatch::new_empty(schema.clone()));
-        }
-        // Group the records by writer schema, keeping their positions.
-        let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let id = schema_id(r)?;
-            match groups.iter_mut().find(|(g, _)| *g == id) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((id, vec![i])),
-            }
-        }
-        if let [(id, _)] = groups.as_slice() {
-            return by_name(&self.decode_one_schema(*id, records)?, schema, "Avro field");
-        }
-        let mut parts = Vec::with_capacity(groups.len());
-        let mut order = Vec::with_capacity(records.len());
-        for (id, members) in &groups {
-            let of: Vec<&[u8]> = members.iter().map(|&i| records[i]).collect();
-            parts.push(by_name(
-                &self.decode_one_schema(*id, &of)?,
-                schema,
-                "Avro field",
-            )?);
-            order.extend(members.iter().copied());
-        }
-        let all = concat_batches(schema, &parts)?;
-        // Row j of `all` is record order[j]: put the rows in record order.
-        let mut at = vec![0u32; order.len()];
-        for (j, &i) in order.iter().enumerate() {
-            at[i] = u32::try_from(j).map_err(|_| SluiceError::internal("too many records"))?;
-        }
-        Ok(take_record_batch(&all, &UInt32Array::from(at))?)
+        by_group(schema, records, schema_id, |id, group| {
+            by_name(&self.decode_one_schema(*id, group)?, schema, "Avro field")
+        })
     }
 }
 

@@ -14,8 +14,10 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, StructArray};
-use datafusion::arrow::compute::{can_cast_types, cast, concat_batches};
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, RecordBatch, StructArray, UInt32Array,
+};
+use datafusion::arrow::compute::{can_cast_types, cast, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use sluice_common::{Result, SluiceError};
 
@@ -373,6 +375,45 @@ pub fn with_columns(
 /// Makes `schema` hold only `indices`, for decoding keys.
 pub fn project(schema: &SchemaRef, indices: &[usize]) -> Result<SchemaRef> {
     Ok(Arc::new(schema.project(indices)?))
+}
+
+/// Decodes `records` in groups of the same `key` (the records of one
+/// writer schema, say), each group with `decode_group` into rows of
+/// `schema`, and returns the rows in record order.
+pub fn by_group<K: PartialEq>(
+    schema: &SchemaRef,
+    records: &[&[u8]],
+    key: impl Fn(&[u8]) -> Result<K>,
+    mut decode_group: impl FnMut(&K, &[&[u8]]) -> Result<RecordBatch>,
+) -> Result<RecordBatch> {
+    if records.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let k = key(r)?;
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((k, vec![i])),
+        }
+    }
+    if let [(k, _)] = groups.as_slice() {
+        return decode_group(k, records);
+    }
+    let mut parts = Vec::with_capacity(groups.len());
+    let mut order = Vec::with_capacity(records.len());
+    for (k, members) in &groups {
+        let of: Vec<&[u8]> = members.iter().map(|&i| records[i]).collect();
+        parts.push(decode_group(k, &of)?);
+        order.extend(members.iter().copied());
+    }
+    let all = concat_batches(schema, &parts)?;
+    // Row j of `all` is record order[j]: put the rows in record order.
+    let mut at = vec![0u32; order.len()];
+    for (j, &i) in order.iter().enumerate() {
+        at[i] = u32::try_from(j).map_err(|_| SluiceError::internal("too many records"))?;
+    }
+    Ok(take_record_batch(&all, &UInt32Array::from(at))?)
 }
 
 /// `batch` (decoded with the writer's own columns: an Avro writer schema,

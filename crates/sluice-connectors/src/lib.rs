@@ -14,6 +14,7 @@ pub mod decode;
 pub mod file;
 pub mod kafka;
 pub mod nexmark;
+pub mod protobuf;
 pub mod registry;
 pub mod status;
 
@@ -216,7 +217,7 @@ impl Sources {
         let options = self.resolve(&options)?;
         let format = options.get("format").map(String::as_str);
         if options.get("connector").map(String::as_str) != Some("kafka")
-            || !matches!(format, Some("avro" | "upsert_avro"))
+            || !matches!(format, Some("avro" | "upsert_avro" | "protobuf"))
         {
             return Ok(());
         }
@@ -224,6 +225,33 @@ impl Sources {
         let Some(registry) = kafka::registry(&self.cx, parsed.schema_registry.as_deref())? else {
             return Ok(());
         };
+        if format == Some("protobuf") {
+            let subject = format!("{}-value", parsed.topic);
+            let latest = registry
+                .latest_of(&subject, registry::SchemaType::Protobuf)
+                .await?;
+            let (main, imports) = registry.protobuf_files(latest.id).await?;
+            let file =
+                protobuf::compile(&main, &imports).map_err(|e| SluiceError::InvalidOption {
+                    message: format!("subject \"{subject}\" (schema {}): {e}", latest.id),
+                    hint: None,
+                })?;
+            let message = protobuf::message_named(&file, parsed.message.as_deref())?;
+            for field in message.fields() {
+                if create.include.iter().any(|(_, c)| c == field.name()) {
+                    continue;
+                }
+                create.columns.push(sluice_sql::ColumnDef {
+                    name: field.name().to_owned(),
+                    sql_type: protobuf::sql_type(&field)?,
+                    not_null: false,
+                });
+            }
+            tracing::info!(relation = %create.name, %subject, schema_id = latest.id,
+                message = message.full_name(), columns = create.columns.len(),
+                "columns taken from the schema registry");
+            return Ok(());
+        }
         let mut fields = Vec::new();
         // A table's key schema first (its fields the value may lack).
         if format == Some("upsert_avro") {

@@ -169,7 +169,49 @@ struct SchemaAnswer {
     id: Option<u32>,
     #[serde(default, rename = "schemaType")]
     schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Reference>,
 }
+
+/// A schema another one imports: `name` is the import path, the text is
+/// version `version` of `subject`.
+#[derive(serde::Deserialize)]
+struct Reference {
+    name: String,
+    subject: String,
+    version: i64,
+}
+
+/// What kind of schema a subject holds (the registry's `schemaType`;
+/// absent means Avro).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaType {
+    /// Avro (JSON schema text).
+    Avro,
+    /// Protobuf (a `.proto` file).
+    Protobuf,
+}
+
+impl SchemaType {
+    /// The registry's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaType::Avro => "AVRO",
+            SchemaType::Protobuf => "PROTOBUF",
+        }
+    }
+
+    fn of(answer: &SchemaAnswer) -> Option<Self> {
+        match answer.schema_type.as_deref() {
+            None | Some("AVRO") => Some(SchemaType::Avro),
+            Some("PROTOBUF") => Some(SchemaType::Protobuf),
+            Some(_) => None,
+        }
+    }
+}
+
+/// The most schemas one Protobuf schema may import, directly or not.
+const MAX_REFERENCES: usize = 64;
 
 #[derive(serde::Deserialize)]
 struct IdAnswer {
@@ -229,20 +271,23 @@ impl Registry {
         answer(&url, response).await
     }
 
-    /// The latest version of `subject`.
+    /// The latest version of `subject`, an Avro schema.
     pub async fn latest(&self, subject: &str) -> std::result::Result<Registered, RegistryError> {
-        let body = self
-            .get(&format!(
-                "/subjects/{}/versions/latest",
-                path_segment(subject)
-            ))
-            .await?;
-        let a: SchemaAnswer = serde_json::from_str(&body)
-            .map_err(|e| RegistryError::Refused(format!("schema registry answer: {e}")))?;
-        if a.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
+        self.latest_of(subject, SchemaType::Avro).await
+    }
+
+    /// The latest version of `subject`, which must be of type `want`.
+    pub async fn latest_of(
+        &self,
+        subject: &str,
+        want: SchemaType,
+    ) -> std::result::Result<Registered, RegistryError> {
+        let a = self.version(subject, "latest").await?;
+        if SchemaType::of(&a) != Some(want) {
             return Err(RegistryError::Refused(format!(
-                "subject \"{subject}\" holds a {} schema, not Avro",
-                a.schema_type.unwrap_or_default()
+                "subject \"{subject}\" holds a {} schema, not {}",
+                a.schema_type.as_deref().unwrap_or("AVRO"),
+                want.name()
             )));
         }
         let id = a.id.ok_or_else(|| {
@@ -253,6 +298,54 @@ impl Registry {
             id,
             schema: a.schema,
         })
+    }
+
+    async fn version(
+        &self,
+        subject: &str,
+        version: &str,
+    ) -> std::result::Result<SchemaAnswer, RegistryError> {
+        let body = self
+            .get(&format!(
+                "/subjects/{}/versions/{version}",
+                path_segment(subject)
+            ))
+            .await?;
+        serde_json::from_str(&body)
+            .map_err(|e| RegistryError::Refused(format!("schema registry answer: {e}")))
+    }
+
+    /// The Protobuf schema with global id `id` and the files it imports
+    /// (its references, and theirs), as (import path, text).
+    pub async fn protobuf_files(
+        &self,
+        id: u32,
+    ) -> std::result::Result<(String, Vec<(String, String)>), RegistryError> {
+        let body = self.get(&format!("/schemas/ids/{id}")).await?;
+        let main: SchemaAnswer = serde_json::from_str(&body)
+            .map_err(|e| RegistryError::Refused(format!("schema registry answer: {e}")))?;
+        if SchemaType::of(&main) != Some(SchemaType::Protobuf) {
+            return Err(RegistryError::Refused(format!(
+                "schema {id} is a {} schema, not PROTOBUF",
+                main.schema_type.as_deref().unwrap_or("AVRO")
+            )));
+        }
+        let mut files: Vec<(String, String)> = Vec::new();
+        let mut todo = main.references;
+        while let Some(r) = todo.pop() {
+            if files.iter().any(|(name, _)| *name == r.name) {
+                continue;
+            }
+            if files.len() >= MAX_REFERENCES {
+                return Err(RegistryError::Refused(format!(
+                    "schema {id} imports more than {MAX_REFERENCES} schemas"
+                )));
+            }
+            let a = self.version(&r.subject, &r.version.to_string()).await?;
+            todo.extend(a.references);
+            files.push((r.name, a.schema));
+        }
+        Ok((main.schema, files))
     }
 
     /// The schema with global id `id` (cached).
@@ -286,6 +379,17 @@ impl Registry {
         subject: &str,
         schema: &str,
     ) -> std::result::Result<u32, RegistryError> {
+        self.register_as(subject, schema, SchemaType::Avro).await
+    }
+
+    /// Registers `schema`, of type `kind`, under `subject` (or finds it
+    /// there) and returns its id.
+    pub async fn register_as(
+        &self,
+        subject: &str,
+        schema: &str,
+        kind: SchemaType,
+    ) -> std::result::Result<u32, RegistryError> {
         let url = format!(
             "{}/subjects/{}/versions",
             self.options.url,
@@ -295,7 +399,11 @@ impl Registry {
         if let Some((u, p)) = &self.options.auth {
             request = request.basic_auth(u, Some(p));
         }
-        let body = serde_json::json!({ "schema": schema }).to_string();
+        let body = match kind {
+            SchemaType::Avro => serde_json::json!({ "schema": schema }),
+            other => serde_json::json!({ "schema": schema, "schemaType": other.name() }),
+        }
+        .to_string();
         let response = request
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
             .body(body)

@@ -81,6 +81,17 @@ impl SourceStatus {
         }
     }
 
+    /// Records a generic client report (all brokers down) unless a more
+    /// specific one (a refused certificate, a wrong password) is already
+    /// recorded.
+    pub(crate) fn note_client_error(&self, reason: &str) {
+        if let Ok(mut e) = self.client_error.lock() {
+            if e.is_none() {
+                *e = Some(reason.to_owned());
+            }
+        }
+    }
+
     /// `retrying: <error>`, led by the client's own report when there is
     /// one (librdkafka's words name the setting to fix; the error of the
     /// failed call is often only "transport failure").
@@ -190,4 +201,65 @@ fn status_table(schema: SchemaRef, list: Arc<dyn StatusList>, sinks: bool) -> Sy
             Ok(columns)
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the client reports, in order, and the state shown after it.
+    #[test]
+    fn client_reports_keep_the_cause() {
+        enum Report {
+            Specific(&'static str),
+            Generic(&'static str),
+            Retry(&'static str),
+            Cleared,
+        }
+        use Report::*;
+        let cases: &[(&[Report], &str)] = &[
+            (&[Retry("timed out")], "retrying: timed out"),
+            (
+                &[
+                    Specific("SSL handshake failed"),
+                    Generic("1/1 brokers are down"),
+                    Retry("transport failure"),
+                ],
+                "retrying: SSL handshake failed (transport failure)",
+            ),
+            (
+                &[
+                    Generic("1/1 brokers are down"),
+                    Specific("SASL authentication failed"),
+                    Retry("transport failure"),
+                ],
+                "retrying: SASL authentication failed (transport failure)",
+            ),
+            (
+                &[Generic("1/1 brokers are down"), Retry("transport failure")],
+                "retrying: 1/1 brokers are down (transport failure)",
+            ),
+            (
+                &[
+                    Specific("SSL handshake failed"),
+                    Cleared,
+                    Generic("1/1 brokers are down"),
+                    Retry("x"),
+                ],
+                "retrying: 1/1 brokers are down (x)",
+            ),
+        ];
+        for (reports, want) in cases {
+            let status = SourceStatus::new("s", "t");
+            for r in reports.iter() {
+                match r {
+                    Specific(m) => status.set_client_error(Some((*m).to_owned())),
+                    Generic(m) => status.note_client_error(m),
+                    Retry(m) => status.set_retrying(m),
+                    Cleared => status.set_client_error(None),
+                }
+            }
+            assert_eq!(status.state(), *want);
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //!   view, with the state it holds (keys and bytes, as of the last
 //!   checkpoint) and the late rows it dropped since the server started.
 //! - `sluice_late_events`: the newest late rows (`late_events_retention`).
+//! - `sluice_memory`: the process's resident memory and what the state
+//!   store holds of it.
 
 use std::sync::Arc;
 
@@ -123,6 +125,35 @@ impl Dataflow {
         ))
     }
 
+    /// `sluice_memory (component, bytes)`: `process_rss` (Linux), then the
+    /// state store's parts (RocksDB memtables, block cache and its pinned
+    /// part, table readers), read when the table is.
+    pub fn memory_table(self: &Arc<Self>) -> Arc<dyn TableProvider> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("component", DataType::Utf8, false),
+            Field::new("bytes", DataType::Int64, false),
+        ]));
+        let dataflow = Arc::downgrade(self);
+        Arc::new(SystemTable::new(
+            schema,
+            Box::new(move || {
+                let mut parts: Vec<(&str, u64)> = Vec::new();
+                if let Some(rss) = process_rss() {
+                    parts.push(("process_rss", rss));
+                }
+                if let Some(d) = dataflow.upgrade() {
+                    parts.extend(d.catalog.store().memory());
+                }
+                Ok(vec![
+                    Arc::new(StringArray::from_iter_values(parts.iter().map(|p| p.0))),
+                    Arc::new(Int64Array::from_iter_values(
+                        parts.iter().map(|p| i64_of(p.1)),
+                    )),
+                ])
+            }),
+        ))
+    }
+
     /// `sluice_late_events (source, view, row, event_time, watermark,
     /// arrived)`.
     pub fn late_events_table(self: &Arc<Self>) -> Arc<dyn TableProvider> {
@@ -156,5 +187,45 @@ impl Dataflow {
                 ])
             }),
         ))
+    }
+}
+
+/// The resident set size of this process, from `/proc/self/status`.
+fn process_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_of(&status)
+}
+
+/// `VmRSS:   1234 kB` → bytes.
+fn rss_of(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rss_of;
+
+    #[test]
+    fn rss_from_proc_status() {
+        let cases = [
+            (
+                "Name:\tsluice\nVmRSS:\t  136120 kB\nThreads: 9\n",
+                Some(136_120 * 1024),
+            ),
+            ("VmRSS: 0 kB", Some(0)),
+            ("Name: sluice\n", None),
+            ("VmRSS: lots kB\n", None),
+        ];
+        for (status, want) in cases {
+            assert_eq!(rss_of(status), want, "{status:?}");
+        }
     }
 }

@@ -114,6 +114,7 @@ impl Engine {
         let dataflow = Dataflow::new(catalog.clone(), ctx.clone(), options);
         schema.register_system_table("sluice_operators", dataflow.operators_table());
         schema.register_system_table("sluice_late_events", dataflow.late_events_table());
+        schema.register_system_table("sluice_memory", dataflow.memory_table());
         let sinks = sources.clone();
         let lookup = catalog.clone();
         dataflow

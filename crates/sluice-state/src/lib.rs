@@ -132,6 +132,12 @@ pub trait StateBackend: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()>;
 
+    /// What the store holds in memory, by part (RocksDB: memtables, block
+    /// cache, table readers), in bytes; empty when it does not say.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.multi_get(&[key.to_vec()])?.pop().flatten())

@@ -117,6 +117,27 @@ impl StateBackend for RocksBackend {
         .collect()
     }
 
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("rocksdb_memtables", "rocksdb.cur-size-all-mem-tables"),
+            ("rocksdb_block_cache", "rocksdb.block-cache-usage"),
+            (
+                "rocksdb_block_cache_pinned",
+                "rocksdb.block-cache-pinned-usage",
+            ),
+            (
+                "rocksdb_table_readers",
+                "rocksdb.estimate-table-readers-mem",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(part, property)| {
+            let bytes = self.db.property_int_value(property).ok().flatten()?;
+            Some((part, bytes))
+        })
+        .collect()
+    }
+
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>> {
         let mut ro = Self::prefix_read_options(prefix);
         ro.set_iterate_lower_bound(prefix.to_vec());

@@ -1,8 +1,9 @@
 //! `sluice bench views`: the materialized-view micro-benchmark, its events
 //! appended in process (`--source insert`), read from Kafka as JSON
-//! (`--source kafka`, an in-process MockCluster) or as Avro through a schema
-//! registry (`--source kafka-avro`, the registry a stub in the process), or
-//! read from JSON-lines files (`--source file`).
+//! (`--source kafka`, an in-process MockCluster), as Avro or Protobuf
+//! through a schema registry (`--source kafka-avro`, `--source
+//! kafka-protobuf`, the registry a stub in the process), or read from
+//! JSON-lines files (`--source file`).
 //!
 //! A stream of orders goes through filter -> lookup join with a customers
 //! table -> GROUP BY count, maintained by Sluice batch by batch (each batch
@@ -111,6 +112,8 @@ pub enum Source {
     Kafka,
     /// The same as Avro records in the schema registry's wire format.
     KafkaAvro,
+    /// The same as Protobuf records in the schema registry's wire format.
+    KafkaProtobuf,
     /// The same JSON lines, in files read by the file connector.
     File,
 }
@@ -120,11 +123,22 @@ const ORDER_AVRO: &str = r#"{"type": "record", "name": "Order", "fields": [
   {"name": "id", "type": ["null", "long"]}, {"name": "customer", "type": ["null", "long"]},
   {"name": "amount", "type": ["null", "long"]}]}"#;
 
-/// A schema registry stub that serves one schema as id 1 (`GET
-/// /schemas/ids/1`); returns its URL.
-async fn registry_stub() -> anyhow::Result<String> {
+/// The Protobuf schema of the orders (what `--source kafka-protobuf`
+/// registers).
+const ORDER_PROTO: &str = "syntax = \"proto3\";\nmessage Order {\n  optional int64 id = 1;\n  \
+    optional int64 customer = 2;\n  optional int64 amount = 3;\n}\n";
+
+/// A schema registry stub that serves the orders' schema of `source` as
+/// id 1 (`GET /schemas/ids/1`); returns its URL.
+async fn registry_stub(source: Source) -> anyhow::Result<String> {
     use axum::routing::get;
-    let body = serde_json::json!({ "schema": ORDER_AVRO }).to_string();
+    let body = match source {
+        Source::KafkaProtobuf => {
+            serde_json::json!({ "schema": ORDER_PROTO, "schemaType": "PROTOBUF" })
+        }
+        _ => serde_json::json!({ "schema": ORDER_AVRO }),
+    }
+    .to_string();
     let router = axum::Router::new().route("/schemas/ids/1", get(move || async move { body }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -134,9 +148,14 @@ async fn registry_stub() -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// The records of a batch of orders: JSON lines, or Avro frames of id 1.
-fn encode(batch: &RecordBatch, avro: bool) -> anyhow::Result<Vec<Vec<u8>>> {
-    if avro {
+/// The records of a batch of orders: JSON lines, or Avro or Protobuf
+/// frames of id 1 (as `source` reads them).
+fn encode(batch: &RecordBatch, source: Source) -> anyhow::Result<Vec<Vec<u8>>> {
+    if source == Source::KafkaProtobuf {
+        let encoder = sluice_connectors::protobuf::ProtobufEncoder::new(ORDER_PROTO, 1)?;
+        return Ok(encoder.encode(batch)?);
+    }
+    if source == Source::KafkaAvro {
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("avro.schema".to_owned(), ORDER_AVRO.to_owned());
         let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
@@ -176,7 +195,7 @@ async fn produce(
     events: usize,
     batch_size: usize,
     customers: usize,
-    avro: bool,
+    source: Source,
 ) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -189,7 +208,7 @@ async fn produce(
     while sent < events {
         let n = batch_size.min(events - sent);
         let batch = orders(schema, sent, n, customers)?;
-        let records = encode(&batch, avro)?;
+        let records = encode(&batch, source)?;
         // Round robin over the partitions, so that each gets its share.
         let mut todo: Vec<(i32, &[u8])> = records
             .iter()
@@ -267,7 +286,7 @@ pub async fn run(
                 let end = (made + 100_000).min(events);
                 while made < end {
                     let k = batch_size.min(end - made);
-                    for line in encode(&orders(&schema, made, k, customers)?, false)? {
+                    for line in encode(&orders(&schema, made, k, customers)?, source)? {
                         lines.extend_from_slice(&line);
                         lines.push(b'\n');
                     }
@@ -278,23 +297,22 @@ pub async fn run(
             }
             None
         }
-        Source::Kafka | Source::KafkaAvro => {
+        Source::Kafka | Source::KafkaAvro | Source::KafkaProtobuf => {
             let cluster = rdkafka::mocking::MockCluster::new(1)?;
             // A mock partition keeps at most 100,000 records or 5 MB (it
             // drops the oldest): spread the events so none is dropped.
             let partitions = events.div_ceil(50_000).max(2) as i32;
             cluster.create_topic("orders", partitions, 1)?;
             let servers = cluster.bootstrap_servers();
-            let avro = source == Source::KafkaAvro;
             produce(
-                &servers, partitions, &schema, events, batch_size, customers, avro,
+                &servers, partitions, &schema, events, batch_size, customers, source,
             )
             .await?;
             Some(cluster)
         }
     };
-    let registry = if source == Source::KafkaAvro {
-        Some(registry_stub().await?)
+    let registry = if matches!(source, Source::KafkaAvro | Source::KafkaProtobuf) {
+        Some(registry_stub(source).await?)
     } else {
         None
     };
@@ -302,11 +320,12 @@ pub async fn run(
     let cpu = cpu_seconds();
     let start = Instant::now();
     let reader = match (&cluster, source) {
-        (Some(cluster), Source::KafkaAvro) => Some(format!(
+        (Some(cluster), Source::KafkaAvro | Source::KafkaProtobuf) => Some(format!(
             "CREATE STREAM orders (id BIGINT, customer BIGINT, amount BIGINT) \
              WITH (connector = 'kafka', topic = 'orders', bootstrap_servers = '{}', \
-                   format = 'avro', schema_registry = '{}')",
+                   format = '{}', schema_registry = '{}')",
             cluster.bootstrap_servers(),
+            if source == Source::KafkaAvro { "avro" } else { "protobuf" },
             registry.as_deref().unwrap_or_default()
         )),
         (Some(cluster), _) => Some(format!(

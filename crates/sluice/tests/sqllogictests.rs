@@ -19,7 +19,9 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use harness::{crash, differential, drivers, files, fuzz, kafka, limits, nexmark, slt};
+use harness::{
+    crash, differential, drivers, files, fuzz, kafka, limits, nexmark, protobuf, sasl, slt,
+};
 
 fn slt_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -93,7 +95,7 @@ fn main() {
     if !complete {
         type Scenario =
             fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-        let scenarios: [(&str, Scenario); 19] = [
+        let scenarios: [(&str, Scenario); 21] = [
             ("differential: views equal batch queries", || {
                 Box::pin(differential::random_changes_match_batch())
             }),
@@ -135,6 +137,9 @@ fn main() {
             ("kafka: avro through the schema registry", || {
                 Box::pin(kafka::avro_through_the_registry())
             }),
+            ("kafka: protobuf through the schema registry", || {
+                Box::pin(protobuf::protobuf_through_the_registry())
+            }),
             ("kafka: debezium changelogs in and out", || {
                 Box::pin(kafka::debezium_changelog())
             }),
@@ -147,6 +152,9 @@ fn main() {
             }),
             ("kafka: sources and sinks over TLS", || {
                 Box::pin(kafka::tls_to_the_broker())
+            }),
+            ("kafka: sources and sinks over SASL", || {
+                Box::pin(sasl::sasl_to_the_broker())
             }),
             ("kafka: scan_startup, csv, metadata columns", || {
                 Box::pin(kafka::startup_csv_and_metadata())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::kafka::properties::Settings;
 use crate::status::SourceStatus;
@@ -71,7 +71,15 @@ impl ClientContext for Reporting {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(client = %self.name, %error, reason, "kafka client error");
-        self.status.set_client_error(Some(reason.to_owned()));
+        // "1/1 brokers are down" follows the handshake failure that took
+        // them down; librdkafka suppresses that failure when it repeats,
+        // so the generic report must not replace the one naming the cause.
+        let generic = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
+        if generic {
+            self.status.note_client_error(reason);
+        } else {
+            self.status.set_client_error(Some(reason.to_owned()));
+        }
         self.status.set_retrying(reason);
     }
 }

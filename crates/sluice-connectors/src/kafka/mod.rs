@@ -66,11 +66,15 @@ const SOURCE_OPTIONS: &[OptionDoc] = &[
     D::new("topic", "the topic read (every partition)"),
     D::new(
         "format",
-        "json, csv or avro (streams), upsert_json or debezium_json (tables)",
+        "json, csv, avro or protobuf (streams), upsert_json, upsert_avro, debezium_json or debezium_avro (tables)",
     ),
     D::new(
         "schema_registry",
-        "avro: a schema_registry connection, or the registry's URL",
+        "avro, protobuf: a schema_registry connection, or the registry's URL",
+    ),
+    D::new(
+        "message",
+        "protobuf: the message records must be (full name); default: the one each names",
     ),
     D::new("scan_startup", "earliest (default), latest, or a time"),
     D::new(
@@ -87,11 +91,11 @@ const SINK_OPTIONS: &[OptionDoc] = &[
     D::new("topic", "the topic written"),
     D::new(
         "format",
-        "json or avro (every change, with op), upsert_json (keyed, tombstones), debezium_json",
+        "json, avro or protobuf (every change, with op), upsert_json (keyed, tombstones), debezium_json",
     ),
     D::new(
         "schema_registry",
-        "avro: a schema_registry connection, or the registry's URL",
+        "avro, protobuf: a schema_registry connection, or the registry's URL",
     ),
     D::new(
         "primary_key",

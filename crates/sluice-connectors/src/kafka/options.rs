@@ -29,6 +29,18 @@ pub enum Format {
     /// format, subjects `<topic>-key` and `<topic>-value`); a null value
     /// deletes the key.
     UpsertAvro,
+    /// Protobuf in the schema registry's wire format (streams, and sinks).
+    Protobuf,
+}
+
+impl Format {
+    /// Whether records name their schema in a schema registry.
+    pub fn uses_registry(self) -> bool {
+        matches!(
+            self,
+            Format::Avro | Format::UpsertAvro | Format::DebeziumAvro | Format::Protobuf
+        )
+    }
 }
 
 /// Where a source starts when it has no stored position.
@@ -69,8 +81,11 @@ pub struct KafkaSource {
     /// Client settings: the security options and `properties.*`, checked
     /// against the allow-list.
     pub properties: Settings,
-    /// `schema_registry`: a connection name or a URL (Avro).
+    /// `schema_registry`: a connection name or a URL (Avro, Protobuf).
     pub schema_registry: Option<String>,
+    /// `message`: the Protobuf message records must be (full name, or the
+    /// last part); by default the one each record names.
+    pub message: Option<String>,
 }
 
 /// The options of a Kafka sink.
@@ -159,22 +174,25 @@ fn common(options: &BTreeMap<String, String>, what: &str, policy: &Policy) -> Re
     Ok((topic, bootstrap_servers, properties))
 }
 
-/// `schema_registry`, required by (and only taken with) Avro.
+/// `schema_registry`, required by (and only taken with) Avro and Protobuf.
 fn schema_registry(
     options: &BTreeMap<String, String>,
     format: Format,
     what: &str,
 ) -> Result<Option<String>> {
-    match (options.get("schema_registry"), format) {
-        (Some(r), Format::Avro | Format::UpsertAvro | Format::DebeziumAvro) => Ok(Some(r.clone())),
-        (None, Format::Avro | Format::UpsertAvro | Format::DebeziumAvro) => Err(invalid(
-            format!("format 'avro' needs option \"schema_registry\" for {what}"),
+    match (options.get("schema_registry"), format.uses_registry()) {
+        (Some(r), true) => Ok(Some(r.clone())),
+        (None, true) => Err(invalid(
+            format!(
+                "format '{}' needs option \"schema_registry\" for {what}",
+                options.get("format").map_or("avro", String::as_str)
+            ),
             "add schema_registry = 'connection name' (CREATE CONNECTION ... type = 'schema_registry') \
              or schema_registry = 'http://host:8081'",
         )),
         (Some(_), _) => Err(invalid(
-            format!("schema_registry is set but the format of {what} is not 'avro'"),
-            "add format = 'avro'",
+            format!("schema_registry is set but the format of {what} is neither 'avro' nor 'protobuf'"),
+            "add format = 'avro' or format = 'protobuf'",
         )),
         (None, _) => Ok(None),
     }
@@ -205,6 +223,13 @@ impl KafkaSource {
             (None | Some("json"), RelationKind::Stream) => Format::Json,
             (Some("csv"), RelationKind::Stream) => Format::Csv,
             (Some("avro"), RelationKind::Stream) => Format::Avro,
+            (Some("protobuf"), RelationKind::Stream) => Format::Protobuf,
+            (Some("protobuf"), RelationKind::Table) => {
+                return Err(invalid(
+                    format!("format \"protobuf\" is for streams, but \"{name}\" is a table"),
+                    "declare Protobuf events as a STREAM",
+                ))
+            }
             (Some("upsert_avro"), RelationKind::Table) => Format::UpsertAvro,
             (Some("avro"), RelationKind::Table) => {
                 return Err(invalid(
@@ -242,7 +267,7 @@ impl KafkaSource {
             (Some(other), RelationKind::Stream | RelationKind::Table) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "formats: json, csv, avro (streams), upsert_json, upsert_avro, debezium_json, debezium_avro (tables)",
+                    "formats: json, csv, avro, protobuf (streams), upsert_json, upsert_avro, debezium_json, debezium_avro (tables)",
                 ))
             }
             (_, RelationKind::View | RelationKind::Sink) => {
@@ -265,6 +290,16 @@ impl KafkaSource {
         };
         let on_error = on_error(options, &what, OnError::Skip)?;
         let schema_registry = schema_registry(options, format, &what)?;
+        let message = match (options.get("message"), format) {
+            (Some(m), Format::Protobuf) => Some(m.clone()),
+            (Some(_), _) => {
+                return Err(invalid(
+                    format!("message is set but the format of {what} is not 'protobuf'"),
+                    "add format = 'protobuf'",
+                ))
+            }
+            (None, _) => None,
+        };
         Ok(KafkaSource {
             topic,
             bootstrap_servers,
@@ -273,6 +308,7 @@ impl KafkaSource {
             on_error,
             properties,
             schema_registry,
+            message,
         })
     }
 }
@@ -286,11 +322,12 @@ impl KafkaSink {
             None | Some("json") => Format::Json,
             Some("upsert_json") => Format::UpsertJson,
             Some("avro") => Format::Avro,
+            Some("protobuf") => Format::Protobuf,
             Some("debezium_json") => Format::DebeziumJson,
             Some(other) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "sink formats: json (every change, with an op field), upsert_json (keyed, tombstones on delete), avro (every change, with op), debezium_json (before/after per change)",
+                    "sink formats: json (every change, with an op field), upsert_json (keyed, tombstones on delete), avro or protobuf (every change, with op), debezium_json (before/after per change)",
                 ))
             }
         };
@@ -360,6 +397,30 @@ mod tests {
             (
                 RelationKind::Stream,
                 vec![("topic", "t"), ("format", "protobuf")],
+                "format 'protobuf' needs option \"schema_registry\"",
+            ),
+            (
+                RelationKind::Table,
+                vec![
+                    ("topic", "t"),
+                    ("format", "protobuf"),
+                    ("schema_registry", "r"),
+                ],
+                "is for streams",
+            ),
+            (
+                RelationKind::Stream,
+                vec![
+                    ("topic", "t"),
+                    ("format", "avro"),
+                    ("schema_registry", "r"),
+                    ("message", "m"),
+                ],
+                "is not 'protobuf'",
+            ),
+            (
+                RelationKind::Stream,
+                vec![("topic", "t"), ("format", "xml")],
                 "unknown format",
             ),
             (
@@ -370,7 +431,7 @@ mod tests {
             (
                 RelationKind::Stream,
                 vec![("topic", "t"), ("schema_registry", "r")],
-                "is not 'avro'",
+                "neither 'avro' nor 'protobuf'",
             ),
             (
                 RelationKind::Stream,

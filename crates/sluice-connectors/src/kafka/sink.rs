@@ -31,7 +31,8 @@ use crate::avro::{avro_schema_for, AvroEncoder};
 use crate::kafka::client::{config as client_config, Reporting};
 use crate::kafka::options::{Format, KafkaSink, OnError};
 use crate::kafka::outbox::{Outbox, Outcome, Record};
-use crate::registry::{Registry, RegistryError};
+use crate::protobuf::{proto_schema_for, ProtobufEncoder};
+use crate::registry::{Registry, RegistryError, SchemaType};
 use crate::status::{bounded, SourceStatus};
 
 /// How a sink encodes the changes of its input.
@@ -43,7 +44,7 @@ pub struct SinkSpec {
     pub key: Vec<usize>,
     /// Whether `json` records carry an `op` field (the input can retract).
     pub with_op: bool,
-    /// The schema registry of an Avro sink.
+    /// The schema registry of an Avro or Protobuf sink.
     pub registry: Option<Registry>,
 }
 
@@ -99,8 +100,8 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
                 })
                 .collect())
         }
-        Format::Avro => Err(SluiceError::internal(
-            "avro changes are encoded by the sink's encoder",
+        Format::Avro | Format::Protobuf => Err(SluiceError::internal(
+            "avro and protobuf changes are encoded by the sink's encoder",
         )),
         Format::DebeziumJson => debezium_records(spec, changes),
         Format::UpsertAvro | Format::DebeziumAvro => Err(SluiceError::internal(
@@ -218,14 +219,20 @@ fn with_op(spec: &SinkSpec, changes: &ChangeBatch) -> Result<RecordBatch> {
     )?)
 }
 
-/// An Avro sink's encoder, made at its first change: the schema of its
-/// rows (with `op`) registered as `<topic>-value`.
-struct AvroSink {
-    registry: Registry,
-    encoder: Option<AvroEncoder>,
+/// The encoder of a sink writing a registered schema.
+enum SchemaEncoder {
+    Avro(AvroEncoder),
+    Protobuf(ProtobufEncoder),
 }
 
-impl AvroSink {
+/// An Avro or Protobuf sink's encoder, made at its first change: the
+/// schema of its rows (with `op`) registered as `<topic>-value`.
+struct RegistrySink {
+    registry: Registry,
+    encoder: Option<SchemaEncoder>,
+}
+
+impl RegistrySink {
     /// Records for `changes`, registering the schema first if needed
     /// (retried while the registry is unreachable).
     async fn encode(
@@ -240,14 +247,25 @@ impl AvroSink {
         }
         let batch = with_op(spec, changes)?;
         if self.encoder.is_none() {
-            let (schema, avro) = avro_schema_for(&batch.schema())?;
-            let subject = format!("{}-value", spec.options.topic);
+            let topic = &spec.options.topic;
+            let (text, kind, avro_schema) = match spec.options.format {
+                Format::Protobuf => (
+                    proto_schema_for(&batch.schema(), topic)?,
+                    SchemaType::Protobuf,
+                    None,
+                ),
+                _ => {
+                    let (schema, avro) = avro_schema_for(&batch.schema())?;
+                    (avro.json_string, SchemaType::Avro, Some(schema))
+                }
+            };
+            let subject = format!("{topic}-value");
             let mut backoff = Duration::from_millis(200);
             let id = loop {
-                match self.registry.register(&subject, &avro.json_string).await {
+                match self.registry.register_as(&subject, &text, kind).await {
                     Ok(id) => break id,
                     Err(RegistryError::Unavailable(e)) => {
-                        tracing::warn!(sink = %name, error = %e, "cannot register the Avro schema; retrying");
+                        tracing::warn!(sink = %name, error = %e, "cannot register the sink's schema; retrying");
                         status.set_state(format!("retrying: {}", bounded(&e)));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -255,16 +273,19 @@ impl AvroSink {
                     Err(e) => return Err(SluiceError::from(e)),
                 }
             };
-            tracing::info!(sink = %name, %subject, schema_id = id, "Avro schema registered");
+            tracing::info!(sink = %name, %subject, schema_id = id, kind = kind.name(), "schema registered");
             status.set_state("running".to_owned());
-            self.encoder = Some(AvroEncoder::new(&schema, id)?);
+            self.encoder = Some(match avro_schema {
+                Some(schema) => SchemaEncoder::Avro(AvroEncoder::new(&schema, id)?),
+                None => SchemaEncoder::Protobuf(ProtobufEncoder::new(&text, id)?),
+            });
         }
-        let encoder = self
-            .encoder
-            .as_mut()
-            .ok_or_else(|| SluiceError::internal("avro encoder missing"))?;
-        Ok(encoder
-            .encode(&batch)?
+        let values = match self.encoder.as_mut() {
+            Some(SchemaEncoder::Avro(e)) => e.encode(&batch)?,
+            Some(SchemaEncoder::Protobuf(e)) => e.encode(&batch)?,
+            None => return Err(SluiceError::internal("sink encoder missing")),
+        };
+        Ok(values
             .into_iter()
             .map(|v| Record {
                 key: None,
@@ -427,7 +448,7 @@ pub async fn run(
     };
     status.set_state("running".to_owned());
     let topic = spec.options.topic.clone();
-    let mut avro = spec.registry.clone().map(|registry| AvroSink {
+    let mut avro = spec.registry.clone().map(|registry| RegistrySink {
         registry,
         encoder: None,
     });

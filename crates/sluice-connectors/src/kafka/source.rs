@@ -25,6 +25,7 @@ use crate::debezium;
 use crate::decode::{decode, key_record, project, with_columns, Encoding, RecordFormat};
 use crate::kafka::client::{config as client_config, Reporting};
 use crate::kafka::options::{Format, KafkaSource, OnError, Startup};
+use crate::protobuf::ProtobufFormat;
 use crate::registry::Registry;
 use crate::status::{bounded, SourceStatus};
 
@@ -56,7 +57,10 @@ pub(crate) async fn run(
 ) {
     let mut backoff = Duration::from_millis(200);
     // Kept across retries: the writer schemas fetched stay known.
-    let avro = registry.map(AvroFormat::new);
+    let avro = registry.map(|r| match options.format {
+        Format::Protobuf => Schemas::Protobuf(ProtobufFormat::new(r, options.message.clone())),
+        _ => Schemas::Avro(AvroFormat::new(r)),
+    });
     loop {
         match read(&catalog, &relation, &options, avro.as_ref(), &status).await {
             Ok(()) => return,
@@ -88,11 +92,35 @@ async fn partitions(consumer: &Arc<SourceConsumer>, topic: &str) -> Result<Vec<i
     .map_err(|e| SluiceError::internal(format!("metadata task: {e}")))?
 }
 
+/// The decoder of a format whose records name their schema in the
+/// registry: fetches what a poll's records name, then decodes them.
+enum Schemas {
+    Avro(AvroFormat),
+    Protobuf(ProtobufFormat),
+}
+
+impl Schemas {
+    /// Fetches the schemas `records` name that are not known yet.
+    async fn prepare(&self, records: &[&[u8]]) -> Result<()> {
+        match self {
+            Schemas::Avro(f) => f.prepare(records).await,
+            Schemas::Protobuf(f) => f.prepare(records).await,
+        }
+    }
+
+    fn format(&self) -> &dyn RecordFormat {
+        match self {
+            Schemas::Avro(f) => f,
+            Schemas::Protobuf(f) => f,
+        }
+    }
+}
+
 async fn read(
     catalog: &Arc<Catalog>,
     relation: &Arc<Relation>,
     options: &KafkaSource,
-    avro: Option<&AvroFormat>,
+    avro: Option<&Schemas>,
     status: &Arc<SourceStatus>,
 ) -> Result<()> {
     let mut config = client_config(&options.bootstrap_servers, &options.properties);
@@ -203,7 +231,8 @@ async fn read(
             }
             avro.prepare(&framed).await?;
         }
-        let (mut parts_out, bad) = convert(relation, options.format, avro, &messages)?;
+        let registered = avro.map(Schemas::format);
+        let (mut parts_out, bad) = convert(relation, options.format, registered, &messages)?;
         let mut upto = messages.len();
         if !bad.is_empty() {
             match &options.on_error {
@@ -239,7 +268,8 @@ async fn read(
                 }
                 OnError::Fail => {
                     upto = bad[0].0;
-                    (parts_out, _) = convert(relation, options.format, avro, &messages[..upto])?;
+                    (parts_out, _) =
+                        convert(relation, options.format, registered, &messages[..upto])?;
                 }
             }
         }
@@ -426,7 +456,7 @@ fn with_metadata(
 fn convert(
     relation: &Relation,
     format: Format,
-    avro: Option<&AvroFormat>,
+    registered: Option<&dyn RecordFormat>,
     messages: &[OwnedMessage],
 ) -> Result<Converted> {
     let layout = layout(relation)?;
@@ -434,12 +464,14 @@ fn convert(
         relation.check_rows(&with_metadata(relation, &layout, b, records, messages)?)
     };
     match format {
-        Format::Json | Format::Csv | Format::Avro => {
-            let encoding: &dyn RecordFormat = match (format, avro) {
+        Format::Json | Format::Csv | Format::Avro | Format::Protobuf => {
+            let encoding: &dyn RecordFormat = match (format, registered) {
                 (Format::Csv, _) => &Encoding::Csv,
-                (Format::Avro, Some(avro)) => avro,
-                (Format::Avro, None) => {
-                    return Err(SluiceError::internal("an Avro source without a registry"))
+                (Format::Avro | Format::Protobuf, Some(registered)) => registered,
+                (Format::Avro | Format::Protobuf, None) => {
+                    return Err(SluiceError::internal(
+                        "a source without its schema registry",
+                    ))
                 }
                 _ => &Encoding::Json,
             };
@@ -453,12 +485,12 @@ fn convert(
             Ok((vec![Ingest::Append(batch)], d.bad))
         }
         Format::DebeziumJson => debezium_changes(relation, &layout, messages, &DebeziumEnvelope),
-        Format::DebeziumAvro => match avro {
+        Format::DebeziumAvro => match registered {
             Some(avro) => debezium_changes(relation, &layout, messages, avro),
             None => Err(SluiceError::internal("an Avro source without a registry")),
         },
         Format::UpsertJson | Format::UpsertAvro => {
-            let codecs = match (format, avro) {
+            let codecs = match (format, registered) {
                 (Format::UpsertAvro, Some(avro)) => Codecs {
                     value: avro,
                     key: avro,

@@ -17,7 +17,7 @@ use rdkafka::TopicPartitionList;
 use super::registry::TestRegistry;
 use super::server::{connect, TestServer};
 
-fn producer(servers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+pub fn producer(servers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", servers)
         .create()?)
@@ -62,7 +62,7 @@ pub async fn wait_until(
 }
 
 /// Polls `sql` (one bigint) until it returns `want`.
-async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: i64) -> anyhow::Result<()> {
+pub async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: i64) -> anyhow::Result<()> {
     let want_rows = vec![want.to_string()];
     let got = wait_until(client, sql, |r| r == want_rows.as_slice()).await?;
     if got != want_rows {
@@ -86,7 +86,7 @@ pub async fn rows(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<
 }
 
 /// Every record of `topic` (value, headers as `k=v`), from the start.
-fn read_topic(
+pub fn read_topic(
     servers: &str,
     topic: &str,
     partitions: i32,
@@ -993,7 +993,7 @@ pub async fn tls_to_the_broker() -> anyhow::Result<()> {
 }
 
 /// Every record value of partition 0 of `topic`, raw, from the start.
-fn read_raw(servers: &str, topic: &str, want: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+pub fn read_raw(servers: &str, topic: &str, want: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", "test-raw-reader")

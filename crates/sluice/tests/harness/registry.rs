@@ -3,7 +3,8 @@
 //! process, on a free loopback port, with axum. Enough of it for Sluice's
 //! sources and sinks: `GET /subjects`, `GET /subjects/{s}/versions`,
 //! `GET /subjects/{s}/versions/latest`, `GET /schemas/ids/{id}`,
-//! `POST /subjects/{s}/versions`.
+//! `POST /subjects/{s}/versions`; Avro and Protobuf (`schemaType`) schemas,
+//! and references (the files a Protobuf schema imports).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,33 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+/// A registered schema: its text, `schemaType` (None: Avro) and
+/// references as the registry returns them.
+#[derive(Clone, PartialEq)]
+struct Schema {
+    text: String,
+    kind: Option<String>,
+    references: Value,
+}
+
+impl Schema {
+    /// The fields of an answer that carries it.
+    fn answer(&self, mut out: Value) -> Value {
+        out["schema"] = json!(self.text);
+        if let Some(k) = &self.kind {
+            out["schemaType"] = json!(k);
+        }
+        if self.references.as_array().is_some_and(|r| !r.is_empty()) {
+            out["references"] = self.references.clone();
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct Store {
-    /// Schema text by global id (ids from 1).
-    schemas: Vec<String>,
+    /// Schemas by global id (ids from 1).
+    schemas: Vec<Schema>,
     /// Subject -> the ids of its versions, in order.
     subjects: BTreeMap<String, Vec<u32>>,
 }
@@ -137,10 +161,10 @@ async fn latest(
     let id = ids[n - 1];
     (
         StatusCode::OK,
-        Json(json!({
-            "subject": subject, "version": n, "id": id,
-            "schema": store.schemas[id as usize - 1]
-        })),
+        Json(
+            store.schemas[id as usize - 1]
+                .answer(json!({ "subject": subject, "version": n, "id": id })),
+        ),
     )
 }
 
@@ -150,7 +174,7 @@ async fn by_id(State(app): State<App>, headers: HeaderMap, Path(id): Path<u32>) 
     }
     let store = app.store.lock().expect("registry lock");
     match store.schemas.get((id as usize).wrapping_sub(1)) {
-        Some(schema) => (StatusCode::OK, Json(json!({ "schema": schema }))),
+        Some(schema) => (StatusCode::OK, Json(schema.answer(json!({})))),
         None => error(StatusCode::NOT_FOUND, 40403, "Schema not found"),
     }
 }
@@ -164,13 +188,21 @@ async fn register(
     if let Err(e) = app.check(&headers) {
         return e;
     }
-    let Some(schema) = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("schema").and_then(|s| s.as_str()).map(str::to_owned))
-    else {
+    let Some(schema) = serde_json::from_str::<Value>(&body).ok().and_then(|v| {
+        Some(Schema {
+            text: v.get("schema")?.as_str()?.to_owned(),
+            kind: v
+                .get("schemaType")
+                .and_then(|t| t.as_str())
+                .filter(|t| *t != "AVRO")
+                .map(str::to_owned),
+            references: v.get("references").cloned().unwrap_or(json!([])),
+        })
+    }) else {
         return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid schema");
     };
-    if fields(&schema).is_none() {
+    let avro = schema.kind.is_none();
+    if avro && fields(&schema.text).is_none() {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             42201,
@@ -189,7 +221,9 @@ async fn register(
         }
     }
     if let Some(&last) = store.subjects.get(&subject).and_then(|ids| ids.last()) {
-        if !backward_compatible(&store.schemas[last as usize - 1], &schema) {
+        let old = &store.schemas[last as usize - 1];
+        // Compatibility is checked for Avro only.
+        if avro && old.kind.is_none() && !backward_compatible(&old.text, &schema.text) {
             return error(
                 StatusCode::CONFLICT,
                 409,
@@ -249,5 +283,37 @@ impl TestRegistry {
             .lock()
             .map(|s| s.subjects.keys().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+impl TestRegistry {
+    /// Registers `text` (of `kind`, "PROTOBUF" say) under `subject` as
+    /// its next version, importing `references` (import path, subject,
+    /// version); returns its id.
+    pub fn add(
+        &self,
+        subject: &str,
+        text: &str,
+        kind: &str,
+        references: &[(&str, &str, u32)],
+    ) -> u32 {
+        let mut store = self.store.lock().expect("registry lock");
+        store.schemas.push(Schema {
+            text: text.to_owned(),
+            kind: Some(kind.to_owned()),
+            references: json!(references
+                .iter()
+                .map(|(name, subject, version)| json!({
+                    "name": name, "subject": subject, "version": version
+                }))
+                .collect::<Vec<_>>()),
+        });
+        let id = store.schemas.len() as u32;
+        store
+            .subjects
+            .entry(subject.to_owned())
+            .or_default()
+            .push(id);
+        id
     }
 }
