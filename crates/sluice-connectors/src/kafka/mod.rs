@@ -91,7 +91,7 @@ const SINK_OPTIONS: &[OptionDoc] = &[
     D::new("topic", "the topic written"),
     D::new(
         "format",
-        "json, avro or protobuf (every change, with op), upsert_json (keyed, tombstones), debezium_json",
+        "json, avro or protobuf (every change, with op), upsert_json or upsert_avro (keyed, tombstones), debezium_json",
     ),
     D::new(
         "schema_registry",
@@ -99,7 +99,7 @@ const SINK_OPTIONS: &[OptionDoc] = &[
     ),
     D::new(
         "primary_key",
-        "upsert_json: the key columns, when Sluice cannot tell them",
+        "upsert_json, upsert_avro: the key columns, when Sluice cannot tell them",
     ),
     D::new(
         "on_error",

@@ -321,13 +321,14 @@ impl KafkaSink {
         let format = match options.get("format").map(String::as_str) {
             None | Some("json") => Format::Json,
             Some("upsert_json") => Format::UpsertJson,
+            Some("upsert_avro") => Format::UpsertAvro,
             Some("avro") => Format::Avro,
             Some("protobuf") => Format::Protobuf,
             Some("debezium_json") => Format::DebeziumJson,
             Some(other) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "sink formats: json (every change, with an op field), upsert_json (keyed, tombstones on delete), avro or protobuf (every change, with op), debezium_json (before/after per change)",
+                    "sink formats: json (every change, with an op field), upsert_json or upsert_avro (keyed, tombstones on delete), avro or protobuf (every change, with op), debezium_json (before/after per change)",
                 ))
             }
         };

@@ -62,6 +62,38 @@ fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         .collect())
 }
 
+/// Keyed records for the changes of one batch (row `i` has key `keys[i]`
+/// and value `values[i]`): the net effect per key, in first-seen order,
+/// its inserted row if it has one, else a tombstone.
+fn net_per_key(changes: &ChangeBatch, keys: Vec<Vec<u8>>, values: Vec<Vec<u8>>) -> Vec<Record> {
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut last: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    for (i, (key, value)) in keys.into_iter().zip(values).enumerate() {
+        let insert = changes.sign(i) > 0;
+        match last.get_mut(&key) {
+            Some(slot) => {
+                if insert {
+                    *slot = Some(value);
+                }
+            }
+            None => {
+                order.push(key.clone());
+                last.insert(key, insert.then_some(value));
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let value = last.remove(&key).flatten();
+            Record {
+                key: Some(key),
+                value,
+            }
+        })
+        .collect()
+}
+
 fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
     let batch = &changes.batch;
     if batch.num_rows() == 0 {
@@ -71,42 +103,16 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
         Format::UpsertJson => {
             let keys = json_lines(&batch.project(&spec.key)?)?;
             let values = json_lines(batch)?;
-            // The net effect per key: its inserted row if it has one, else
-            // a tombstone.
-            let mut order: Vec<Vec<u8>> = Vec::new();
-            let mut last: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-            for (i, (key, value)) in keys.into_iter().zip(values).enumerate() {
-                let insert = changes.sign(i) > 0;
-                match last.get_mut(&key) {
-                    Some(slot) => {
-                        if insert {
-                            *slot = Some(value);
-                        }
-                    }
-                    None => {
-                        order.push(key.clone());
-                        last.insert(key, insert.then_some(value));
-                    }
-                }
-            }
-            Ok(order
-                .into_iter()
-                .map(|key| {
-                    let value = last.remove(&key).flatten();
-                    Record {
-                        key: Some(key),
-                        value,
-                    }
-                })
-                .collect())
+            Ok(net_per_key(changes, keys, values))
         }
         Format::Avro | Format::Protobuf => Err(SluiceError::internal(
             "avro and protobuf changes are encoded by the sink's encoder",
         )),
         Format::DebeziumJson => debezium_records(spec, changes),
-        Format::UpsertAvro | Format::DebeziumAvro => Err(SluiceError::internal(
-            "upsert_avro and debezium_avro are not sink formats",
+        Format::UpsertAvro => Err(SluiceError::internal(
+            "upsert_avro changes are encoded by the sink's encoder",
         )),
+        Format::DebeziumAvro => Err(SluiceError::internal("debezium_avro is not a sink format")),
         Format::Json | Format::Csv => {
             let batch = with_op(spec, changes)?;
             Ok(json_lines(&batch)?
@@ -223,18 +229,111 @@ fn with_op(spec: &SinkSpec, changes: &ChangeBatch) -> Result<RecordBatch> {
 enum SchemaEncoder {
     Avro(AvroEncoder),
     Protobuf(ProtobufEncoder),
+    /// `upsert_avro`: the key columns and the row, each its own schema.
+    UpsertAvro {
+        key: AvroEncoder,
+        value: AvroEncoder,
+    },
 }
 
 /// An Avro or Protobuf sink's encoder, made at its first change: the
-/// schema of its rows (with `op`) registered as `<topic>-value`.
+/// schema of its rows (with `op`, or for `upsert_avro` without, and the
+/// key's as `<topic>-key`) registered as `<topic>-value`.
 struct RegistrySink {
     registry: Registry,
     encoder: Option<SchemaEncoder>,
 }
 
 impl RegistrySink {
-    /// Records for `changes`, registering the schema first if needed
-    /// (retried while the registry is unreachable).
+    /// Registers `text` under `subject`, retried while the registry is
+    /// unreachable.
+    async fn register(
+        &self,
+        subject: &str,
+        text: &str,
+        kind: SchemaType,
+        status: &SourceStatus,
+        name: &str,
+    ) -> Result<u32> {
+        let mut backoff = Duration::from_millis(200);
+        let id = loop {
+            match self.registry.register_as(subject, text, kind).await {
+                Ok(id) => break id,
+                Err(RegistryError::Unavailable(e)) => {
+                    tracing::warn!(sink = %name, error = %e, "cannot register the sink's schema; retrying");
+                    status.set_state(format!("retrying: {}", bounded(&e)));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(SluiceError::from(e)),
+            }
+        };
+        tracing::info!(sink = %name, %subject, schema_id = id, kind = kind.name(), "schema registered");
+        status.set_state("running".to_owned());
+        Ok(id)
+    }
+
+    /// The encoder for batches like `batch` (as the sink writes them).
+    async fn encoder_for(
+        &self,
+        spec: &SinkSpec,
+        batch: &RecordBatch,
+        status: &SourceStatus,
+        name: &str,
+    ) -> Result<SchemaEncoder> {
+        let topic = &spec.options.topic;
+        let value_subject = format!("{topic}-value");
+        Ok(match spec.options.format {
+            Format::Protobuf => {
+                let text = proto_schema_for(&batch.schema(), topic)?;
+                let id = self
+                    .register(&value_subject, &text, SchemaType::Protobuf, status, name)
+                    .await?;
+                SchemaEncoder::Protobuf(ProtobufEncoder::new(&text, id)?)
+            }
+            Format::UpsertAvro => {
+                let (key_schema, key_avro) = avro_schema_for(&batch.project(&spec.key)?.schema())?;
+                let key_id = self
+                    .register(
+                        &format!("{topic}-key"),
+                        &key_avro.json_string,
+                        SchemaType::Avro,
+                        status,
+                        name,
+                    )
+                    .await?;
+                let (schema, avro) = avro_schema_for(&batch.schema())?;
+                let id = self
+                    .register(
+                        &value_subject,
+                        &avro.json_string,
+                        SchemaType::Avro,
+                        status,
+                        name,
+                    )
+                    .await?;
+                SchemaEncoder::UpsertAvro {
+                    key: AvroEncoder::new(&key_schema, key_id)?,
+                    value: AvroEncoder::new(&schema, id)?,
+                }
+            }
+            _ => {
+                let (schema, avro) = avro_schema_for(&batch.schema())?;
+                let id = self
+                    .register(
+                        &value_subject,
+                        &avro.json_string,
+                        SchemaType::Avro,
+                        status,
+                        name,
+                    )
+                    .await?;
+                SchemaEncoder::Avro(AvroEncoder::new(&schema, id)?)
+            }
+        })
+    }
+
+    /// Records for `changes`, registering the schemas first if needed.
     async fn encode(
         &mut self,
         spec: &SinkSpec,
@@ -245,44 +344,22 @@ impl RegistrySink {
         if changes.batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
-        let batch = with_op(spec, changes)?;
+        let batch = if spec.options.format == Format::UpsertAvro {
+            changes.batch.clone()
+        } else {
+            with_op(spec, changes)?
+        };
         if self.encoder.is_none() {
-            let topic = &spec.options.topic;
-            let (text, kind, avro_schema) = match spec.options.format {
-                Format::Protobuf => (
-                    proto_schema_for(&batch.schema(), topic)?,
-                    SchemaType::Protobuf,
-                    None,
-                ),
-                _ => {
-                    let (schema, avro) = avro_schema_for(&batch.schema())?;
-                    (avro.json_string, SchemaType::Avro, Some(schema))
-                }
-            };
-            let subject = format!("{topic}-value");
-            let mut backoff = Duration::from_millis(200);
-            let id = loop {
-                match self.registry.register_as(&subject, &text, kind).await {
-                    Ok(id) => break id,
-                    Err(RegistryError::Unavailable(e)) => {
-                        tracing::warn!(sink = %name, error = %e, "cannot register the sink's schema; retrying");
-                        status.set_state(format!("retrying: {}", bounded(&e)));
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => return Err(SluiceError::from(e)),
-                }
-            };
-            tracing::info!(sink = %name, %subject, schema_id = id, kind = kind.name(), "schema registered");
-            status.set_state("running".to_owned());
-            self.encoder = Some(match avro_schema {
-                Some(schema) => SchemaEncoder::Avro(AvroEncoder::new(&schema, id)?),
-                None => SchemaEncoder::Protobuf(ProtobufEncoder::new(&text, id)?),
-            });
+            self.encoder = Some(self.encoder_for(spec, &batch, status, name).await?);
         }
         let values = match self.encoder.as_mut() {
             Some(SchemaEncoder::Avro(e)) => e.encode(&batch)?,
             Some(SchemaEncoder::Protobuf(e)) => e.encode(&batch)?,
+            Some(SchemaEncoder::UpsertAvro { key, value }) => {
+                let keys = key.encode(&batch.project(&spec.key)?)?;
+                let values = value.encode(&batch)?;
+                return Ok(net_per_key(changes, keys, values));
+            }
             None => return Err(SluiceError::internal("sink encoder missing")),
         };
         Ok(values

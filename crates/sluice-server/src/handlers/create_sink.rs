@@ -11,7 +11,7 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
     let options: BTreeMap<String, String> = create.options.iter().cloned().collect();
     // The connection's options count as the sink's own.
     let format = engine.sources().resolve(&options)?.get("format").cloned();
-    let upsert = format.as_deref() == Some("upsert_json");
+    let upsert = matches!(format.as_deref(), Some("upsert_json" | "upsert_avro"));
     let from = engine
         .catalog()
         .get(&create.from)?
@@ -35,8 +35,9 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
         (true, None) if upsert => engine.dataflow().unique_key(&from).await?.ok_or_else(|| {
             SluiceError::InvalidOption {
                 message: format!(
-                    "cannot tell which columns identify a row of \"{}\" for upsert_json",
-                    from.name()
+                    "cannot tell which columns identify a row of \"{}\" for {}",
+                    from.name(),
+                    format.as_deref().unwrap_or("upsert_json")
                 ),
                 hint: Some("name them: primary_key = 'col1, col2'".to_owned()),
             }

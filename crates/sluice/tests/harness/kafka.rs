@@ -992,6 +992,32 @@ pub async fn tls_to_the_broker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every record (key, value) of partition 0 of `topic`, raw, from the
+/// start; a tombstone has no value.
+#[allow(clippy::type_complexity)]
+fn read_keyed(
+    servers: &str,
+    topic: &str,
+    want: usize,
+) -> anyhow::Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "test-keyed-reader")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    Ok(out)
+}
+
 /// Every record value of partition 0 of `topic`, raw, from the start.
 pub fn read_raw(servers: &str, topic: &str, want: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -1219,7 +1245,13 @@ pub async fn avro_through_the_registry() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cluster = MockCluster::new(1)?;
     let servers = cluster.bootstrap_servers();
-    for t in ["pageviews", "pageviews-bad", "profile-edits", "enriched"] {
+    for t in [
+        "pageviews",
+        "pageviews-bad",
+        "profile-edits",
+        "enriched",
+        "profiles-out",
+    ] {
         cluster.create_topic(t, 1, 1)?;
     }
     let p = producer(&servers)?;
@@ -1488,6 +1520,69 @@ pub async fn avro_through_the_registry() -> anyhow::Result<()> {
     ] {
         ensure!(text.contains(want), "sink rows lack {want}:\n{text}");
     }
+
+    // An upsert_avro sink of the profiles: keyed by an Avro key (subject
+    // profiles-out-key), a tombstone when a profile is deleted.
+    client
+        .batch_execute(&format!(
+            "CREATE SINK profiles_out FROM profiles WITH (connector = 'kafka', bootstrap_servers = '{servers}',
+               topic = 'profiles-out', format = 'upsert_avro', schema_registry = 'registry');
+             FLUSH;
+             DELETE FROM profiles WHERE user_id = 2345;
+             FLUSH;"
+        ))
+        .await?;
+    let keyed = read_keyed(&servers, "profiles-out", 3)?;
+    ensure!(keyed.len() == 3, "upsert_avro sink wrote {keyed:?}");
+    let subjects = registry.subjects();
+    ensure!(
+        subjects.contains(&"profiles-out-key".to_owned())
+            && subjects.contains(&"profiles-out-value".to_owned()),
+        "subjects: {subjects:?}"
+    );
+    let key_refs: Vec<&[u8]> = keyed.iter().filter_map(|(k, _)| k.as_deref()).collect();
+    let value_refs: Vec<&[u8]> = keyed.iter().filter_map(|(_, v)| v.as_deref()).collect();
+    ensure!(
+        key_refs.len() == 3 && value_refs.len() == 2,
+        "every record keyed, one tombstone: {keyed:?}"
+    );
+    format.prepare(&key_refs).await?;
+    format.prepare(&value_refs).await?;
+    let key_schema = std::sync::Arc::new(Schema::new(vec![Field::new(
+        "user_id",
+        DataType::Int64,
+        true,
+    )]));
+    let keys = sluice_connectors::decode::decode(&key_schema, &format, &key_refs, &|_, _| Ok(()))?;
+    let value_schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, true),
+        Field::new("job", DataType::Utf8, true),
+    ]));
+    let values =
+        sluice_connectors::decode::decode(&value_schema, &format, &value_refs, &|_, _| Ok(()))?;
+    ensure!(
+        keys.bad.is_empty() && values.bad.is_empty(),
+        "undecodable: {:?} {:?}",
+        keys.bad,
+        values.bad
+    );
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&[values.batch])?.to_string();
+    ensure!(keys.batch.num_rows() == 3, "keys: {:?}", keys.batch);
+    let tombstone_key = keyed
+        .iter()
+        .position(|(_, v)| v.is_none())
+        .context("no tombstone")?;
+    ensure!(
+        tombstone_key == 2
+            && text.contains("| 1234    | Google |")
+            && text.contains("| 2345    | ACME   |"),
+        "upsert_avro records (tombstone at {tombstone_key}):\n{text}"
+    );
+    let deleted =
+        sluice_connectors::decode::decode(&key_schema, &format, &key_refs[2..], &|_, _| Ok(()))?;
+    let deleted =
+        datafusion::arrow::util::pretty::pretty_format_batches(&[deleted.batch])?.to_string();
+    ensure!(deleted.contains("| 2345    |"), "tombstone key: {deleted}");
 
     // Debezium envelopes in Avro through the registry (debezium_avro): the
     // row records matched by name, like the top level.
