@@ -91,7 +91,7 @@ const SINK_OPTIONS: &[OptionDoc] = &[
     D::new("topic", "the topic written"),
     D::new(
         "format",
-        "json, avro or protobuf (every change, with op), upsert_json or upsert_avro (keyed, tombstones), debezium_json",
+        "json, avro or protobuf (every change, with op), upsert_json or upsert_avro (keyed, tombstones), debezium_json or debezium_avro",
     ),
     D::new(
         "schema_registry",

@@ -325,10 +325,11 @@ impl KafkaSink {
             Some("avro") => Format::Avro,
             Some("protobuf") => Format::Protobuf,
             Some("debezium_json") => Format::DebeziumJson,
+            Some("debezium_avro") => Format::DebeziumAvro,
             Some(other) => {
                 return Err(invalid(
                     format!("unknown format \"{other}\" for {what}"),
-                    "sink formats: json (every change, with an op field), upsert_json or upsert_avro (keyed, tombstones on delete), avro or protobuf (every change, with op), debezium_json (before/after per change)",
+                    "sink formats: json (every change, with an op field), upsert_json or upsert_avro (keyed, tombstones on delete), avro or protobuf (every change, with op), debezium_json or debezium_avro (before/after per change)",
                 ))
             }
         };

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -112,7 +112,9 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
         Format::UpsertAvro => Err(SluiceError::internal(
             "upsert_avro changes are encoded by the sink's encoder",
         )),
-        Format::DebeziumAvro => Err(SluiceError::internal("debezium_avro is not a sink format")),
+        Format::DebeziumAvro => Err(SluiceError::internal(
+            "debezium_avro changes are encoded by the sink's encoder",
+        )),
         Format::Json | Format::Csv => {
             let batch = with_op(spec, changes)?;
             Ok(json_lines(&batch)?
@@ -130,29 +132,36 @@ fn encode(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
 /// per change; with key columns, a deleted row and an inserted row of the
 /// same key in one batch are one update (`u`), and records are keyed by
 /// the key (a JSON object), as Debezium keys them.
-fn debezium_records(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
-    let batch = &changes.batch;
-    let rows = json_lines(batch)?;
-    let keys = if spec.key.is_empty() {
-        None
-    } else {
-        Some(json_lines(&batch.project(&spec.key)?)?)
-    };
+/// One Debezium change: the rows before and after (indexes into the
+/// batch), `op`, and the row whose key keys the record.
+struct Change {
+    before: Option<usize>,
+    after: Option<usize>,
+    op: &'static str,
+    key_row: usize,
+}
+
+/// The Debezium changes of a batch: with key columns (`keys[i]` the key
+/// of row `i`), a deleted row and an inserted row of the same key are one
+/// update (`u`), written where the delete is; a row deleted and inserted
+/// unchanged (`rows[i]` compares rows) is no update.
+fn debezium_changes(
+    changes: &ChangeBatch,
+    rows: &[Vec<u8>],
+    keys: Option<&[Vec<u8>]>,
+) -> Vec<Change> {
     // For each key, the inserted rows not yet paired with a delete.
     let mut inserts: HashMap<&[u8], std::collections::VecDeque<usize>> = HashMap::new();
-    if let Some(keys) = &keys {
+    if let Some(keys) = keys {
         for (i, k) in keys.iter().enumerate() {
             if changes.sign(i) > 0 {
                 inserts.entry(k.as_slice()).or_default().push_back(i);
             }
         }
     }
-    // Each delete takes an insert of its key (before or after it in the
-    // batch) of a different row: the two are one update, written where the
-    // delete is. A row deleted and inserted unchanged is no update.
     let mut partner: Vec<Option<usize>> = vec![None; rows.len()];
     let mut taken = vec![false; rows.len()];
-    if let Some(keys) = &keys {
+    if let Some(keys) = keys {
         for i in 0..rows.len() {
             if changes.sign(i) < 0 {
                 if let Some(q) = inserts.get_mut(keys[i].as_slice()) {
@@ -166,6 +175,42 @@ fn debezium_records(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record
             }
         }
     }
+    (0..rows.len())
+        .filter(|&i| !taken[i])
+        .map(|i| match (changes.sign(i) > 0, partner[i]) {
+            (true, _) => Change {
+                before: None,
+                after: Some(i),
+                op: "c",
+                key_row: i,
+            },
+            (false, Some(j)) => Change {
+                before: Some(i),
+                after: Some(j),
+                op: "u",
+                key_row: i,
+            },
+            (false, None) => Change {
+                before: Some(i),
+                after: None,
+                op: "d",
+                key_row: i,
+            },
+        })
+        .collect()
+}
+
+/// Debezium envelopes in JSON: `{"before": ..., "after": ..., "op": "c"|"u"|"d"}`
+/// per change, keyed by the key (a JSON object) when there is one, as
+/// Debezium keys them.
+fn debezium_records(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record>> {
+    let batch = &changes.batch;
+    let rows = json_lines(batch)?;
+    let keys = if spec.key.is_empty() {
+        None
+    } else {
+        Some(json_lines(&batch.project(&spec.key)?)?)
+    };
     let envelope = |before: Option<&[u8]>, after: Option<&[u8]>, op: &str| {
         let mut v =
             Vec::with_capacity(32 + before.map_or(4, <[u8]>::len) + after.map_or(4, <[u8]>::len));
@@ -176,22 +221,49 @@ fn debezium_records(spec: &SinkSpec, changes: &ChangeBatch) -> Result<Vec<Record
         v.extend_from_slice(format!(",\"op\":\"{op}\"}}").as_bytes());
         v
     };
-    let mut out = Vec::with_capacity(rows.len());
-    for i in 0..rows.len() {
-        if taken[i] {
-            continue;
-        }
-        let value = match (changes.sign(i) > 0, partner[i]) {
-            (true, _) => envelope(None, Some(&rows[i]), "c"),
-            (false, Some(j)) => envelope(Some(&rows[i]), Some(&rows[j]), "u"),
-            (false, None) => envelope(Some(&rows[i]), None, "d"),
-        };
-        out.push(Record {
-            key: keys.as_ref().map(|k| k[i].clone()),
-            value: Some(value),
-        });
-    }
-    Ok(out)
+    Ok(debezium_changes(changes, &rows, keys.as_deref())
+        .into_iter()
+        .map(|c| Record {
+            key: keys.as_ref().map(|k| k[c.key_row].clone()),
+            value: Some(envelope(
+                c.before.map(|i| rows[i].as_slice()),
+                c.after.map(|i| rows[i].as_slice()),
+                c.op,
+            )),
+        })
+        .collect())
+}
+
+/// Debezium envelopes as rows: `before` and `after` (the input's row as a
+/// struct, or NULL) and `op`, one per change, and the key row of each.
+fn debezium_batch(spec: &SinkSpec, changes: &ChangeBatch) -> Result<(RecordBatch, Vec<usize>)> {
+    let batch = &changes.batch;
+    // Rows compared (and keys matched) by their JSON text, as for JSON.
+    let rows = json_lines(batch)?;
+    let keys = if spec.key.is_empty() {
+        None
+    } else {
+        Some(json_lines(&batch.project(&spec.key)?)?)
+    };
+    let list = debezium_changes(changes, &rows, keys.as_deref());
+    let rows_struct = datafusion::arrow::array::StructArray::from(batch.clone());
+    let side = |pick: &dyn Fn(&Change) -> Option<usize>| -> Result<ArrayRef> {
+        let at = UInt32Array::from_iter(
+            list.iter()
+                .map(|c| pick(c).and_then(|i| u32::try_from(i).ok())),
+        );
+        Ok(datafusion::arrow::compute::take(&rows_struct, &at, None)?)
+    };
+    let before = side(&|c| c.before)?;
+    let after = side(&|c| c.after)?;
+    let op: ArrayRef = Arc::new(StringArray::from_iter_values(list.iter().map(|c| c.op)));
+    let fields = vec![
+        Field::new("before", before.data_type().clone(), true),
+        Field::new("after", after.data_type().clone(), true),
+        Field::new("op", DataType::Utf8, false),
+    ];
+    let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), vec![before, after, op])?;
+    Ok((out, list.iter().map(|c| c.key_row).collect()))
 }
 
 /// The changed rows, with an `op` column (`insert` or `delete`) when the
@@ -232,6 +304,11 @@ enum SchemaEncoder {
     /// `upsert_avro`: the key columns and the row, each its own schema.
     UpsertAvro {
         key: AvroEncoder,
+        value: AvroEncoder,
+    },
+    /// `debezium_avro`: the envelope, and the key columns when known.
+    DebeziumAvro {
+        key: Option<AvroEncoder>,
         value: AvroEncoder,
     },
 }
@@ -278,6 +355,7 @@ impl RegistrySink {
         &self,
         spec: &SinkSpec,
         batch: &RecordBatch,
+        rows: &RecordBatch,
         status: &SourceStatus,
         name: &str,
     ) -> Result<SchemaEncoder> {
@@ -290,6 +368,38 @@ impl RegistrySink {
                     .register(&value_subject, &text, SchemaType::Protobuf, status, name)
                     .await?;
                 SchemaEncoder::Protobuf(ProtobufEncoder::new(&text, id)?)
+            }
+            Format::DebeziumAvro => {
+                let key = if spec.key.is_empty() {
+                    None
+                } else {
+                    let (key_schema, key_avro) =
+                        avro_schema_for(&rows.project(&spec.key)?.schema())?;
+                    let key_id = self
+                        .register(
+                            &format!("{topic}-key"),
+                            &key_avro.json_string,
+                            SchemaType::Avro,
+                            status,
+                            name,
+                        )
+                        .await?;
+                    Some(AvroEncoder::new(&key_schema, key_id)?)
+                };
+                let (schema, avro) = avro_schema_for(&batch.schema())?;
+                let id = self
+                    .register(
+                        &value_subject,
+                        &avro.json_string,
+                        SchemaType::Avro,
+                        status,
+                        name,
+                    )
+                    .await?;
+                SchemaEncoder::DebeziumAvro {
+                    key,
+                    value: AvroEncoder::new(&schema, id)?,
+                }
             }
             Format::UpsertAvro => {
                 let (key_schema, key_avro) = avro_schema_for(&batch.project(&spec.key)?.schema())?;
@@ -344,13 +454,16 @@ impl RegistrySink {
         if changes.batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
-        let batch = if spec.options.format == Format::UpsertAvro {
-            changes.batch.clone()
-        } else {
-            with_op(spec, changes)?
+        let (batch, key_rows) = match spec.options.format {
+            Format::UpsertAvro => (changes.batch.clone(), Vec::new()),
+            Format::DebeziumAvro => debezium_batch(spec, changes)?,
+            _ => (with_op(spec, changes)?, Vec::new()),
         };
         if self.encoder.is_none() {
-            self.encoder = Some(self.encoder_for(spec, &batch, status, name).await?);
+            self.encoder = Some(
+                self.encoder_for(spec, &batch, &changes.batch, status, name)
+                    .await?,
+            );
         }
         let values = match self.encoder.as_mut() {
             Some(SchemaEncoder::Avro(e)) => e.encode(&batch)?,
@@ -359,6 +472,30 @@ impl RegistrySink {
                 let keys = key.encode(&batch.project(&spec.key)?)?;
                 let values = value.encode(&batch)?;
                 return Ok(net_per_key(changes, keys, values));
+            }
+            Some(SchemaEncoder::DebeziumAvro { key, value }) => {
+                let values = value.encode(&batch)?;
+                let keys = match key {
+                    Some(k) => {
+                        let at = UInt32Array::from_iter_values(
+                            key_rows.iter().filter_map(|&i| u32::try_from(i).ok()),
+                        );
+                        let rows = datafusion::arrow::compute::take_record_batch(
+                            &changes.batch.project(&spec.key)?,
+                            &at,
+                        )?;
+                        k.encode(&rows)?.into_iter().map(Some).collect()
+                    }
+                    None => vec![None; values.len()],
+                };
+                return Ok(keys
+                    .into_iter()
+                    .zip(values)
+                    .map(|(key, v)| Record {
+                        key,
+                        value: Some(v),
+                    })
+                    .collect());
             }
             None => return Err(SluiceError::internal("sink encoder missing")),
         };

@@ -19,7 +19,7 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
             kind: ObjectKind::Relation,
             name: create.from.clone(),
         })?;
-    let keyed = upsert || format.as_deref() == Some("debezium_json");
+    let keyed = upsert || matches!(format.as_deref(), Some("debezium_json" | "debezium_avro"));
     let key = match (keyed, options.get("primary_key")) {
         (true, Some(list)) => {
             let schema = from.schema();
