@@ -77,7 +77,7 @@ pub(crate) async fn run(
 async fn partitions(consumer: &Arc<SourceConsumer>, topic: &str) -> Result<Vec<i32>> {
     let c = consumer.clone();
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<Vec<i32>> {
+    let fetch = tokio::task::spawn_blocking(move || -> Result<Vec<i32>> {
         let metadata = c
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
             .map_err(kafka)?;
@@ -87,9 +87,19 @@ async fn partitions(consumer: &Arc<SourceConsumer>, topic: &str) -> Result<Vec<i
             .filter(|t| t.name() == topic && t.error().is_none())
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect())
-    })
-    .await
-    .map_err(|e| SluiceError::internal(format!("metadata task: {e}")))?
+    });
+    tokio::pin!(fetch);
+    loop {
+        tokio::select! {
+            done = &mut fetch => {
+                return done.map_err(|e| SluiceError::internal(format!("metadata task: {e}")))?;
+            }
+            // The client's logs and errors (a refused certificate, a wrong
+            // password) wait in its queue until it is polled: serve them
+            // while the metadata is awaited, so the state can say why.
+            _ = consumer.recv() => {}
+        }
+    }
 }
 
 /// The decoder of a format whose records name their schema in the
