@@ -12,8 +12,8 @@
 //! of a known schema, or whose values do not convert, is a bad record
 //! (`on_error`), never the end of the source.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{
@@ -28,7 +28,7 @@ use sluice_common::{Result, SluiceError};
 use sluice_sql::SqlType;
 
 use crate::decode::{by_group, by_name, RecordFormat};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, SchemaCache};
 
 /// The most records one decoder batch holds (a poll is at most 10,000;
 /// more are decoded in several batches). The decoder sizes its buffers by
@@ -111,9 +111,7 @@ pub fn sql_type(name: &str, data_type: &DataType) -> Result<SqlType> {
 pub struct AvroFormat {
     registry: Registry,
     /// A decoder per writer schema id seen, with the schema.
-    decoders: Mutex<HashMap<u32, (Arc<str>, Decoder)>>,
-    /// Ids the registry does not have, or whose schema is not valid Avro.
-    unusable: Mutex<HashMap<u32, String>>,
+    decoders: SchemaCache<(Arc<str>, Decoder)>,
 }
 
 impl AvroFormat {
@@ -121,8 +119,7 @@ impl AvroFormat {
     pub fn new(registry: Registry) -> Self {
         AvroFormat {
             registry,
-            decoders: Mutex::default(),
-            unusable: Mutex::default(),
+            decoders: SchemaCache::default(),
         }
     }
 
@@ -131,53 +128,19 @@ impl AvroFormat {
     /// the registry does not have makes its records bad.
     pub async fn prepare(&self, records: &[&[u8]]) -> Result<()> {
         let ids: HashSet<u32> = records.iter().filter_map(|r| schema_id(r).ok()).collect();
-        for id in ids {
-            let known = self
-                .decoders
-                .lock()
-                .map(|d| d.contains_key(&id))
-                .unwrap_or(false)
-                || self
-                    .unusable
-                    .lock()
-                    .map(|u| u.contains_key(&id))
-                    .unwrap_or(false);
-            if known {
-                continue;
-            }
-            let result = match self.registry.by_id(id).await {
-                Ok(schema) => decoder(id, &schema).map(|d| (schema, d)),
-                Err(RegistryError::Unavailable(m)) => return Err(SluiceError::Unreachable(m)),
-                Err(RegistryError::NotFound(_)) => Err(bad(format!(
-                    "schema id {id} is not in the schema registry {}",
-                    self.registry.url()
-                ))),
-                Err(RegistryError::Refused(m)) => Err(bad(m)),
-            };
-            match result {
-                Ok(d) => {
-                    if let Ok(mut map) = self.decoders.lock() {
-                        map.insert(id, d);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(schema_id = id, error = %e, "unusable Avro writer schema");
-                    if let Ok(mut map) = self.unusable.lock() {
-                        map.insert(id, e.to_string());
-                    }
-                }
-            }
-        }
-        Ok(())
+        let registry = &self.registry;
+        self.decoders
+            .prepare(ids, registry, "Avro writer", |id| async move {
+                let schema = registry.by_id(id).await?;
+                Ok(decoder(id, &schema).map(|d| (schema, d)))
+            })
+            .await
     }
 
     /// Decodes records all of writer schema `id` into one batch (in the
     /// writer's columns), checking that each record is one whole value.
     fn decode_one_schema(&self, id: u32, records: &[&[u8]]) -> Result<RecordBatch> {
-        let mut decoders = self
-            .decoders
-            .lock()
-            .map_err(|_| SluiceError::internal("avro decoders lock poisoned"))?;
+        let mut decoders = self.decoders.ready()?;
         let (schema, decoder) = decoders
             .get_mut(&id)
             .ok_or_else(|| bad(format!("schema id {id} is unknown")))?;
@@ -225,7 +188,7 @@ impl AvroFormat {
 impl RecordFormat for AvroFormat {
     fn validate(&self, _schema: &SchemaRef, record: &[u8]) -> Result<()> {
         let id = schema_id(record)?;
-        if let Some(why) = self.unusable.lock().ok().and_then(|u| u.get(&id).cloned()) {
+        if let Some(why) = self.decoders.unusable(id) {
             return Err(bad(why));
         }
         Ok(())
@@ -351,8 +314,6 @@ mod tests {
             let d = decoder(id, &avro.json_string).expect("decoder");
             format
                 .decoders
-                .lock()
-                .expect("lock")
                 .insert(id, (Arc::from(avro.json_string.as_str()), d));
         }
         // Declared: id, email (added later), score (never written).

@@ -19,7 +19,7 @@
 //! one message per row.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
@@ -40,7 +40,7 @@ use sluice_common::{Result, SluiceError};
 use sluice_sql::SqlType;
 
 use crate::decode::{by_group, RecordFormat};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, SchemaCache};
 
 fn bad(message: String) -> SluiceError {
     SluiceError::InvalidText { message }
@@ -245,9 +245,7 @@ pub struct ProtobufFormat {
     /// The `message` option: records of another message are bad.
     message: Option<String>,
     /// The compiled file of each schema id seen.
-    files: Mutex<HashMap<u32, FileDescriptor>>,
-    /// Ids the registry does not have, or whose schema does not compile.
-    unusable: Mutex<HashMap<u32, String>>,
+    files: SchemaCache<FileDescriptor>,
 }
 
 impl ProtobufFormat {
@@ -257,8 +255,7 @@ impl ProtobufFormat {
         ProtobufFormat {
             registry,
             message,
-            files: Mutex::default(),
-            unusable: Mutex::default(),
+            files: SchemaCache::default(),
         }
     }
 
@@ -270,61 +267,25 @@ impl ProtobufFormat {
             .iter()
             .filter_map(|r| frame(r).ok().map(|f| f.id))
             .collect();
-        for id in ids {
-            let known = self
-                .files
-                .lock()
-                .map(|f| f.contains_key(&id))
-                .unwrap_or(false)
-                || self
-                    .unusable
-                    .lock()
-                    .map(|u| u.contains_key(&id))
-                    .unwrap_or(false);
-            if known {
-                continue;
-            }
-            let result = match self.registry.protobuf_files(id).await {
-                Ok((main, imports)) => compile(&main, &imports),
-                Err(RegistryError::Unavailable(m)) => return Err(SluiceError::Unreachable(m)),
-                Err(RegistryError::NotFound(_)) => Err(bad(format!(
-                    "schema id {id} is not in the schema registry {}",
-                    self.registry.url()
-                ))),
-                Err(RegistryError::Refused(m)) => Err(bad(m)),
-            };
-            match result {
-                Ok(file) => {
-                    if let Ok(mut map) = self.files.lock() {
-                        map.insert(id, file);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(schema_id = id, error = %e, "unusable Protobuf schema");
-                    if let Ok(mut map) = self.unusable.lock() {
-                        map.insert(id, e.to_string());
-                    }
-                }
-            }
-        }
-        Ok(())
+        let registry = &self.registry;
+        self.files
+            .prepare(ids, registry, "Protobuf", |id| async move {
+                let (main, imports) = registry.protobuf_files(id).await?;
+                Ok(compile(&main, &imports))
+            })
+            .await
     }
 
     /// The message a record is of, checked against the `message` option.
     fn descriptor(&self, framed: &Framed<'_>) -> Result<MessageDescriptor> {
-        if let Some(why) = self
-            .unusable
-            .lock()
-            .ok()
-            .and_then(|u| u.get(&framed.id).cloned())
-        {
+        if let Some(why) = self.files.unusable(framed.id) {
             return Err(bad(why));
         }
         let file = self
             .files
-            .lock()
-            .ok()
-            .and_then(|f| f.get(&framed.id).cloned())
+            .ready()?
+            .get(&framed.id)
+            .cloned()
             .ok_or_else(|| bad(format!("schema id {} is unknown", framed.id)))?;
         let message = message_at(&file, &framed.indexes).ok_or_else(|| {
             bad(format!(
@@ -735,7 +696,7 @@ mod tests {
             message.map(str::to_owned),
         );
         let file = compile(proto, &[]).expect("compiles");
-        format.files.lock().expect("lock").insert(id, file);
+        format.files.insert(id, file);
         format
     }
 

@@ -8,8 +8,9 @@
 //! holds where it is; a source or sink names it with `schema_registry =
 //! 'name'` (or gives `schema_registry_url = 'http://...'` directly).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sluice_common::{Result, SluiceError};
@@ -420,6 +421,99 @@ impl Registry {
             .map_err(|e| RegistryError::Refused(format!("schema registry answer: {e}")))?;
         self.remember(a.id, schema);
         Ok(a.id)
+    }
+}
+
+/// What a source made of the schema ids its records name: a decoder (or
+/// compiled file) per usable id, and for the others why not (the registry
+/// does not have it, or it does not parse), so their records are bad.
+#[derive(Debug)]
+pub struct SchemaCache<T> {
+    ready: Mutex<HashMap<u32, T>>,
+    unusable: Mutex<HashMap<u32, String>>,
+}
+
+impl<T> Default for SchemaCache<T> {
+    fn default() -> Self {
+        SchemaCache {
+            ready: Mutex::default(),
+            unusable: Mutex::default(),
+        }
+    }
+}
+
+impl<T> SchemaCache<T> {
+    /// Makes what `ids` need and is not known yet with `make` (its fetch
+    /// from the registry, then the build). Fails only when the registry
+    /// cannot be asked (the poll is then retried); an id the registry
+    /// does not have, or whose schema does not build, is kept unusable.
+    /// `registry` names the registry and `what` the kind in messages.
+    pub async fn prepare<F, Fut>(
+        &self,
+        ids: HashSet<u32>,
+        registry: &Registry,
+        what: &str,
+        make: F,
+    ) -> Result<()>
+    where
+        F: Fn(u32) -> Fut,
+        Fut: Future<Output = std::result::Result<Result<T>, RegistryError>>,
+    {
+        for id in ids {
+            let known = self
+                .ready
+                .lock()
+                .map(|m| m.contains_key(&id))
+                .unwrap_or(false)
+                || self
+                    .unusable
+                    .lock()
+                    .map(|u| u.contains_key(&id))
+                    .unwrap_or(false);
+            if known {
+                continue;
+            }
+            let result = match make(id).await {
+                Ok(built) => built,
+                Err(RegistryError::Unavailable(m)) => return Err(SluiceError::Unreachable(m)),
+                Err(RegistryError::NotFound(_)) => Err(SluiceError::InvalidText {
+                    message: format!(
+                        "schema id {id} is not in the schema registry {}",
+                        registry.url()
+                    ),
+                }),
+                Err(RegistryError::Refused(m)) => Err(SluiceError::InvalidText { message: m }),
+            };
+            match result {
+                Ok(t) => self.insert(id, t),
+                Err(e) => {
+                    tracing::warn!(schema_id = id, error = %e, "unusable {what} schema");
+                    if let Ok(mut map) = self.unusable.lock() {
+                        map.insert(id, e.to_string());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `id` is unusable, if it is.
+    pub fn unusable(&self, id: u32) -> Option<String> {
+        self.unusable.lock().ok().and_then(|u| u.get(&id).cloned())
+    }
+
+    /// The usable ids' decoders.
+    pub fn ready(&self) -> Result<MutexGuard<'_, HashMap<u32, T>>> {
+        self.ready
+            .lock()
+            .map_err(|_| SluiceError::internal("schema cache lock poisoned"))
+    }
+
+    /// Keeps `t` for `id`.
+    pub fn insert(&self, id: u32, t: T) {
+        if let Ok(mut map) = self.ready.lock() {
+            map.insert(id, t);
+        }
     }
 }
 

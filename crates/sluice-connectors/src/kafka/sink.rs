@@ -350,6 +350,22 @@ impl RegistrySink {
         Ok(id)
     }
 
+    /// An Avro encoder for rows of `schema`, its schema registered under
+    /// `subject`.
+    async fn avro(
+        &self,
+        subject: &str,
+        schema: &Schema,
+        status: &SourceStatus,
+        name: &str,
+    ) -> Result<AvroEncoder> {
+        let (schema, avro) = avro_schema_for(schema)?;
+        let id = self
+            .register(subject, &avro.json_string, SchemaType::Avro, status, name)
+            .await?;
+        AvroEncoder::new(&schema, id)
+    }
+
     /// The encoder for batches like `batch` (as the sink writes them).
     async fn encoder_for(
         &self,
@@ -369,77 +385,35 @@ impl RegistrySink {
                     .await?;
                 SchemaEncoder::Protobuf(ProtobufEncoder::new(&text, id)?)
             }
-            Format::DebeziumAvro => {
-                let key = if spec.key.is_empty() {
+            Format::DebeziumAvro => SchemaEncoder::DebeziumAvro {
+                key: if spec.key.is_empty() {
                     None
                 } else {
-                    let (key_schema, key_avro) =
-                        avro_schema_for(&rows.project(&spec.key)?.schema())?;
-                    let key_id = self
-                        .register(
-                            &format!("{topic}-key"),
-                            &key_avro.json_string,
-                            SchemaType::Avro,
-                            status,
-                            name,
-                        )
-                        .await?;
-                    Some(AvroEncoder::new(&key_schema, key_id)?)
-                };
-                let (schema, avro) = avro_schema_for(&batch.schema())?;
-                let id = self
-                    .register(
-                        &value_subject,
-                        &avro.json_string,
-                        SchemaType::Avro,
-                        status,
-                        name,
+                    let key = rows.project(&spec.key)?.schema();
+                    Some(
+                        self.avro(&format!("{topic}-key"), &key, status, name)
+                            .await?,
                     )
-                    .await?;
-                SchemaEncoder::DebeziumAvro {
-                    key,
-                    value: AvroEncoder::new(&schema, id)?,
-                }
-            }
+                },
+                value: self
+                    .avro(&value_subject, &batch.schema(), status, name)
+                    .await?,
+            },
             Format::UpsertAvro => {
-                let (key_schema, key_avro) = avro_schema_for(&batch.project(&spec.key)?.schema())?;
-                let key_id = self
-                    .register(
-                        &format!("{topic}-key"),
-                        &key_avro.json_string,
-                        SchemaType::Avro,
-                        status,
-                        name,
-                    )
-                    .await?;
-                let (schema, avro) = avro_schema_for(&batch.schema())?;
-                let id = self
-                    .register(
-                        &value_subject,
-                        &avro.json_string,
-                        SchemaType::Avro,
-                        status,
-                        name,
-                    )
-                    .await?;
+                let key = batch.project(&spec.key)?.schema();
                 SchemaEncoder::UpsertAvro {
-                    key: AvroEncoder::new(&key_schema, key_id)?,
-                    value: AvroEncoder::new(&schema, id)?,
+                    key: self
+                        .avro(&format!("{topic}-key"), &key, status, name)
+                        .await?,
+                    value: self
+                        .avro(&value_subject, &batch.schema(), status, name)
+                        .await?,
                 }
             }
-            _ => {
-                let (schema, avro) = avro_schema_for(&batch.schema())?;
-                let id = self
-                    .register(
-                        &value_subject,
-                        &avro.json_string,
-                        SchemaType::Avro,
-                        status,
-                        name,
-                    )
-                    .await?;
-                SchemaEncoder::Avro(AvroEncoder::new(&schema, id)?)
-            }
+            _ => SchemaEncoder::Avro(
+                self.avro(&value_subject, &batch.schema(), status, name)
+                    .await?,
+            ),
         })
     }
 
