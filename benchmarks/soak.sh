@@ -6,10 +6,13 @@
 # to benchmarks/results/soak-<date>.csv, and prints the RSS slope over the
 # second half of the run (after the caches fill) in MB/hour. Each sample
 # also records what the state store holds in memory (sluice_memory:
-# RocksDB memtables, block cache, table readers), so that RSS growth can
-# be told apart from caches filling up to their configured sizes.
+# RocksDB memtables, block cache, table readers) and what the operators
+# cache of their state above it, so that RSS growth can be told apart from
+# caches filling up to their configured sizes.
 #
 #   benchmarks/soak.sh [SECONDS (3600)] [ROWS_PER_SECOND (200)] [BINARY]
+#
+# SERVE_ARGS adds options to `sluice serve` (e.g. "--operator-cache-mb 1").
 #
 # BINARY defaults to the debug build ($CARGO_TARGET_DIR/debug/sluice); the
 # release build is the one to quote for memory in production.
@@ -26,7 +29,7 @@ mkdir -p benchmarks/results
 out="benchmarks/results/soak-$(date +%Y-%m-%d).csv"
 psql_() { psql -X -q -A -t -h 127.0.0.1 -p "$port" -U sluice -d sluice "$@"; }
 
-"$binary" serve --listen "127.0.0.1:$port" --data-dir "$data" >"$data/server.log" 2>&1 &
+"$binary" serve --listen "127.0.0.1:$port" --data-dir "$data" ${SERVE_ARGS:-} >"$data/server.log" 2>&1 &
 server=$!
 trap 'kill "$feeder" 2>/dev/null; sleep 0.2; kill "$server" 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 600); do psql_ -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
@@ -58,7 +61,7 @@ SQL
 ) &
 feeder=$!
 
-echo "elapsed_s,rss_kb,rows,state_keys,state_bytes,memtables_kb,block_cache_kb,table_readers_kb" >"$out"
+echo "elapsed_s,rss_kb,rows,state_keys,state_bytes,memtables_kb,block_cache_kb,table_readers_kb,operator_caches_kb" >"$out"
 start=$(date +%s)
 n=0
 while [ $(( $(date +%s) - start )) -lt "$seconds" ]; do
@@ -68,7 +71,8 @@ while [ $(( $(date +%s) - start )) -lt "$seconds" ]; do
   keys=""; bytes=""; rows=""
   mem=$(psql_ -F, -c "SELECT max(bytes) FILTER (WHERE component = 'rocksdb_memtables') / 1024,
       max(bytes) FILTER (WHERE component = 'rocksdb_block_cache') / 1024,
-      max(bytes) FILTER (WHERE component = 'rocksdb_table_readers') / 1024 FROM sluice_memory" || echo ",,")
+      max(bytes) FILTER (WHERE component = 'rocksdb_table_readers') / 1024,
+      max(bytes) FILTER (WHERE component = 'operator_caches') / 1024 FROM sluice_memory" || echo ",,,")
   if [ $((n % 10)) -eq 0 ]; then
     rows=$(psql_ -c 'SELECT sum(n) FROM per_user' || echo "")
     state=$(psql_ -F, -c 'SELECT sum(state_keys), sum(state_bytes) FROM sluice_operators' || echo ",")
@@ -92,6 +96,8 @@ if mem:
     store = sum(int(last[k] or 0) for k in ("memtables_kb", "block_cache_kb", "table_readers_kb")) // 1024
     print(f"state store in memory at the end: {store} MB (memtables {int(last['memtables_kb'])//1024} MB, "
           f"block cache {int(last['block_cache_kb'])//1024} MB, table readers {int(last['table_readers_kb'])//1024} MB)")
+    if last.get("operator_caches_kb"):
+        print(f"operator caches at the end: {int(last['operator_caches_kb'])//1024} MB")
 print(f"samples {len(rows)}; RSS first {int(rows[0]['rss_kb'])//1024} MB, peak "
       f"{max(int(r['rss_kb']) for r in rows)//1024} MB, last {int(rows[-1]['rss_kb'])//1024} MB; "
       f"slope over the second half {slope:+.1f} MB/hour")

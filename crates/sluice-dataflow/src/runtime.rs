@@ -21,7 +21,7 @@
 //! its budget.
 
 use std::collections::VecDeque;
-
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
@@ -108,6 +108,8 @@ pub struct TaskEnv {
     pub name: Arc<str>,
     /// Where late rows go.
     pub late: Arc<LateEvents>,
+    /// What the tasks' state caches hold, in bytes, all views together.
+    pub cached: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for TaskEnv {
@@ -119,12 +121,21 @@ impl std::fmt::Debug for TaskEnv {
 }
 
 impl TaskEnv {
+    /// A task's transaction over the store, its cache counted in `cached`.
+    pub fn txn(&self) -> StateTxn {
+        StateTxn::metered(self.store.clone(), self.cached.clone())
+    }
+
     /// Hands over a task's writes for `epoch`, trimming its cache when it is
     /// over budget and every earlier epoch is committed.
     pub fn checkpoint(&self, epoch: u64, txn: &mut StateTxn, failure: Option<SluiceError>) -> bool {
         let writes = txn.take_writes();
-        if txn.cached_bytes() > self.cache_bytes && *self.committed.borrow() + 1 >= epoch {
-            txn.shrink_to(&writes);
+        if *self.committed.borrow() + 1 >= epoch {
+            // Every earlier epoch's writes are in the store.
+            txn.forget_settled_deletes();
+            if txn.cached_bytes() > self.cache_bytes {
+                txn.shrink_to(&writes);
+            }
         }
         self.reports
             .send(Report {
@@ -393,7 +404,7 @@ impl Task {
             chains,
             sources,
         } = self;
-        let mut txn = StateTxn::new(env.store.clone());
+        let mut txn = env.txn();
         let mut aligner = Aligner::new(chains.len());
         let mut failure: Option<SluiceError> = None;
         let mut failed = false;
@@ -560,6 +571,7 @@ mod tests {
             cache_bytes: 1 << 20,
             name: Arc::from("v"),
             late: Arc::new(LateEvents::new(10)),
+            cached: Arc::default(),
         };
         let (out, mut sink) = inbox();
         let mut spawned = Spawned::default();

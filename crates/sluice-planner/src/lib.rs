@@ -81,6 +81,8 @@ pub struct Dataflow {
     committed: watch::Receiver<u64>,
     services: std::sync::Mutex<Vec<JoinHandle<()>>>,
     late: Arc<LateEvents>,
+    /// What the operators' state caches hold, in bytes (`sluice_memory`).
+    cached: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Dataflow {
@@ -135,6 +137,7 @@ impl Dataflow {
             committed: committed_rx,
             services: std::sync::Mutex::new(services),
             late,
+            cached: Arc::default(),
         })
     }
 
@@ -280,6 +283,7 @@ impl Dataflow {
                     .as_str(),
             ),
             late: self.late.clone(),
+            cached: self.cached.clone(),
         }
     }
 

@@ -125,8 +125,8 @@ impl Dataflow {
         ))
     }
 
-    /// `sluice_memory (component, bytes)`: `process_rss` (Linux), then the
-    /// state store's parts (RocksDB memtables, block cache and its pinned
+    /// `sluice_memory (component, bytes)`: `process_rss` (Linux), what the
+    /// operators' state caches hold (estimated), then the state store's parts (RocksDB memtables, block cache and its pinned
     /// part, table readers), read when the table is.
     pub fn memory_table(self: &Arc<Self>) -> Arc<dyn TableProvider> {
         let schema = Arc::new(Schema::new(vec![
@@ -142,6 +142,8 @@ impl Dataflow {
                     parts.push(("process_rss", rss));
                 }
                 if let Some(d) = dataflow.upgrade() {
+                    let cached = d.cached.load(std::sync::atomic::Ordering::Relaxed);
+                    parts.push(("operator_caches", cached as u64));
                     parts.extend(d.catalog.store().memory());
                 }
                 Ok(vec![

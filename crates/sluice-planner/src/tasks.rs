@@ -16,7 +16,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use sluice_catalog::{changelog_key, failure_key, Catalog, LoggedChange, Relation};
 use sluice_common::{Result, SluiceError};
 use sluice_dataflow::runtime::{max_event_time, Inbox, Message, Outlet, Report, TaskEnv};
-use sluice_state::{StateTxn, WriteBatch};
+use sluice_state::WriteBatch;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -275,7 +275,7 @@ pub(crate) async fn run_sink(
     env: TaskEnv,
 ) {
     let id = relation.entry().id;
-    let mut txn = StateTxn::new(env.store.clone());
+    let mut txn = env.txn();
     let mut failed = false;
     let mut failure = None;
     while let Some((_, message)) = inbox.recv().await {

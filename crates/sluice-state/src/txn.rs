@@ -6,10 +6,15 @@
 //! and keeps the values it wrote as a cache of hot keys, trimmed
 //! ([`StateTxn::shrink_to`]) once the writes still in flight are all it may
 //! not forget. A key written many times between two barriers is one write
-//! in the batch, with its last value.
+//! in the batch, with its last value. A deleted key is remembered (so that
+//! reads do not see the store's old value) only until its delete is in the
+//! store ([`StateTxn::forget_settled_deletes`]): an operator that writes
+//! and deletes a new key per row (rows waiting for their window to close)
+//! would otherwise fill its cache with the keys of rows long gone.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::{prefix_successor, KeyValue, Result, StateBackend, WriteBatch, WriteOp};
@@ -22,6 +27,15 @@ pub struct StateTxn {
     bytes: usize,
     /// Whether some entry is dirty.
     dirty: bool,
+    /// How many times the writes were taken.
+    takes: u64,
+    /// Keys whose delete was taken before the latest take: candidates to
+    /// forget once every batch but the latest is in the store.
+    settled_deletes: Vec<Vec<u8>>,
+    /// Keys whose delete the latest take handed over.
+    latest_deletes: Vec<Vec<u8>>,
+    /// Where this transaction adds what it holds (`sluice_memory`).
+    meter: Option<Arc<AtomicUsize>>,
 }
 
 /// A value this transaction wrote.
@@ -31,6 +45,8 @@ struct Cached {
     value: Option<Vec<u8>>,
     /// Written since the writes were last taken.
     dirty: bool,
+    /// The take that last handed this value over (0: none yet).
+    taken: u64,
 }
 
 /// What an overlay entry of `key` and `value` costs, roughly.
@@ -46,8 +62,11 @@ fn range<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<
     )
 }
 
-/// What an overlay entry costs beyond its key and value, roughly.
-const ENTRY_OVERHEAD: usize = 48;
+/// What an overlay entry costs beyond its key and value, roughly: the
+/// entry in the B-tree's node (a key and a value header, 56 bytes, in nodes
+/// about two thirds full) and the two heap allocations' headers and
+/// rounding.
+const ENTRY_OVERHEAD: usize = 120;
 
 impl std::fmt::Debug for StateTxn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,22 +84,57 @@ impl StateTxn {
             overlay: BTreeMap::new(),
             bytes: 0,
             dirty: false,
+            takes: 0,
+            settled_deletes: Vec::new(),
+            latest_deletes: Vec::new(),
+            meter: None,
         }
+    }
+
+    /// A transaction over `store` that keeps `meter` at the sum of what it
+    /// and the other transactions sharing `meter` hold.
+    pub fn metered(store: Arc<dyn StateBackend>, meter: Arc<AtomicUsize>) -> Self {
+        let mut txn = StateTxn::new(store);
+        txn.meter = Some(meter);
+        txn
+    }
+
+    /// Sets what the overlay holds, keeping the meter in step.
+    fn set_bytes(&mut self, bytes: usize) {
+        if let Some(meter) = &self.meter {
+            if bytes >= self.bytes {
+                meter.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+            } else {
+                meter.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+            }
+        }
+        self.bytes = bytes;
     }
 
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.dirty = true;
-        match self.overlay.get_mut(&key) {
+        let bytes = match self.overlay.get_mut(&key) {
             Some(cached) => {
-                self.bytes = (self.bytes + value.as_ref().map_or(0, Vec::len))
+                let bytes = (self.bytes + value.as_ref().map_or(0, Vec::len))
                     .saturating_sub(cached.value.as_ref().map_or(0, Vec::len));
-                *cached = Cached { value, dirty: true };
+                cached.value = value;
+                cached.dirty = true;
+                bytes
             }
             None => {
-                self.bytes += cost(&key, value.as_ref());
-                self.overlay.insert(key, Cached { value, dirty: true });
+                let bytes = self.bytes + cost(&key, value.as_ref());
+                self.overlay.insert(
+                    key,
+                    Cached {
+                        value,
+                        dirty: true,
+                        taken: 0,
+                    },
+                );
+                bytes
             }
-        }
+        };
+        self.set_bytes(bytes);
     }
 
     /// Sets `key`.
@@ -222,17 +276,44 @@ impl StateTxn {
     /// readable here.
     pub fn take_writes(&mut self) -> WriteBatch {
         let mut batch = WriteBatch::new();
+        self.takes += 1;
+        let latest = std::mem::take(&mut self.latest_deletes);
+        self.settled_deletes.extend(latest);
         if !std::mem::take(&mut self.dirty) {
             return batch;
         }
         for (k, cached) in self.overlay.iter_mut().filter(|(_, c)| c.dirty) {
             cached.dirty = false;
+            cached.taken = self.takes;
             match &cached.value {
                 Some(v) => batch.put(k.clone(), v.clone()),
-                None => batch.delete(k.clone()),
+                None => {
+                    batch.delete(k.clone());
+                    self.latest_deletes.push(k.clone());
+                }
             }
         }
         batch
+    }
+
+    /// Forgets the deleted keys whose delete is in the store: call it only
+    /// when every batch of writes taken before the latest is in the store.
+    /// Costs as much as the deletes taken since the last call.
+    pub fn forget_settled_deletes(&mut self) {
+        let mut bytes = self.bytes;
+        for k in std::mem::take(&mut self.settled_deletes) {
+            // Forget it only while it is still that settled delete: not
+            // written again since, nor deleted again in the latest batch.
+            let settled = self
+                .overlay
+                .get(&k)
+                .is_some_and(|c| c.value.is_none() && !c.dirty && c.taken < self.takes);
+            if settled {
+                self.overlay.remove(&k);
+                bytes = bytes.saturating_sub(cost(&k, None));
+            }
+        }
+        self.set_bytes(bytes);
     }
 
     /// Roughly how many bytes of keys and values this transaction holds.
@@ -256,8 +337,11 @@ impl StateTxn {
         // Writes not yet taken stay too.
         let overlay = std::mem::take(&mut self.overlay);
         keep.extend(overlay.into_iter().filter(|(_, c)| c.dirty));
-        self.bytes = keep.iter().map(|(k, c)| cost(k, c.value.as_ref())).sum();
+        let bytes = keep.iter().map(|(k, c)| cost(k, c.value.as_ref())).sum();
+        self.set_bytes(bytes);
         self.overlay = keep;
+        // What is left of the deletes is in `keep` or in the store.
+        self.settled_deletes.clear();
     }
 
     /// Writes everything, atomically and durably.
@@ -267,6 +351,12 @@ impl StateTxn {
             return Ok(());
         }
         self.store.write(batch)
+    }
+}
+
+impl Drop for StateTxn {
+    fn drop(&mut self) {
+        self.set_bytes(0);
     }
 }
 
@@ -426,5 +516,64 @@ mod tests {
         );
         assert_eq!(store.get(b"k/2").expect("get"), None);
         assert!(txn.take_writes().is_empty());
+    }
+
+    #[test]
+    fn a_deleted_key_is_forgotten_once_its_delete_is_in_the_store() {
+        let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        let meter = Arc::new(AtomicUsize::new(0));
+        let mut txn = StateTxn::metered(store.clone(), meter.clone());
+        // Epoch 1 writes four keys; epoch 2 deletes three of them and
+        // writes d again, epoch 3 deletes d.
+        for k in [&b"w/a"[..], b"w/b", b"w/c", b"w/d"] {
+            txn.put(k.to_vec(), b"row".to_vec());
+        }
+        let e1 = txn.take_writes();
+        store.write(e1).expect("epoch 1");
+        let full = txn.cached_bytes();
+        assert_eq!(meter.load(Ordering::Relaxed), full);
+        for k in [&b"w/a"[..], b"w/b", b"w/d"] {
+            txn.delete(k.to_vec());
+        }
+        txn.put(b"w/d".to_vec(), b"again".to_vec());
+        let e2 = txn.take_writes();
+        // Epoch 2 is not in the store: nothing it deleted may be forgotten.
+        txn.forget_settled_deletes();
+        assert_eq!(txn.overlay.len(), 4);
+        store.write(e2).expect("epoch 2");
+        txn.delete(b"w/d".to_vec());
+        let e3 = txn.take_writes();
+        // Epoch 2 is in the store, epoch 3 (deleting d) is not.
+        txn.forget_settled_deletes();
+        let cached: Vec<(&[u8], bool)> = txn
+            .overlay
+            .iter()
+            .map(|(k, c)| (k.as_slice(), c.value.is_some()))
+            .collect();
+        assert_eq!(cached, vec![(&b"w/c"[..], true), (&b"w/d"[..], false)]);
+        assert_eq!(
+            txn.multi_get(&[b"w/a".to_vec(), b"w/c".to_vec(), b"w/d".to_vec()])
+                .expect("get"),
+            vec![None, Some(b"row".to_vec()), None]
+        );
+        store.write(e3).expect("epoch 3");
+        assert!(txn.take_writes().is_empty());
+        txn.forget_settled_deletes();
+        assert_eq!(txn.overlay.len(), 1);
+        assert_eq!(txn.multi_get(&[b"w/d".to_vec()]).expect("get"), vec![None]);
+        assert!(txn.cached_bytes() < full / 2);
+        assert_eq!(meter.load(Ordering::Relaxed), txn.cached_bytes());
+        // Another transaction on the same meter adds to it; each takes its
+        // own share away when dropped.
+        let mut other = StateTxn::metered(store, meter.clone());
+        other.put(b"x".to_vec(), b"y".to_vec());
+        assert_eq!(
+            meter.load(Ordering::Relaxed),
+            txn.cached_bytes() + other.cached_bytes()
+        );
+        drop(txn);
+        assert_eq!(meter.load(Ordering::Relaxed), other.cached_bytes());
+        drop(other);
+        assert_eq!(meter.load(Ordering::Relaxed), 0);
     }
 }

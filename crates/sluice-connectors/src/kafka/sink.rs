@@ -25,7 +25,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_common::{ChangeBatch, Result, SluiceError};
 use sluice_dataflow::runtime::{Inbox, Message, TaskEnv};
-use sluice_state::StateTxn;
 
 use crate::avro::{avro_schema_for, AvroEncoder};
 use crate::kafka::client::{config as client_config, Reporting};
@@ -640,7 +639,7 @@ pub async fn run(
         registry,
         encoder: None,
     });
-    let mut txn = StateTxn::new(env.store.clone());
+    let mut txn = env.txn();
     let mut backlog_key = sluice_catalog::state_prefix(env.view);
     backlog_key.extend_from_slice(b"sink-backlog");
     let mut outbox = Outbox::default();
