@@ -126,8 +126,9 @@ impl TaskEnv {
         StateTxn::metered(self.store.clone(), self.cached.clone())
     }
 
-    /// Hands over a task's writes for `epoch`, trimming its cache when it is
-    /// over budget and every earlier epoch is committed.
+    /// Hands over a task's writes for `epoch`; once every earlier epoch is
+    /// committed, forgets the deleted keys that are in the store and trims
+    /// the cache when it is over budget.
     pub fn checkpoint(&self, epoch: u64, txn: &mut StateTxn, failure: Option<SluiceError>) -> bool {
         let writes = txn.take_writes();
         if *self.committed.borrow() + 1 >= epoch {

@@ -126,8 +126,9 @@ impl Dataflow {
     }
 
     /// `sluice_memory (component, bytes)`: `process_rss` (Linux), what the
-    /// operators' state caches hold (estimated), then the state store's parts (RocksDB memtables, block cache and its pinned
-    /// part, table readers), read when the table is.
+    /// operators' state caches hold (estimated, as of their last
+    /// checkpoint), then the state store's parts (RocksDB memtables, block
+    /// cache and its pinned part, table readers), read when the table is.
     pub fn memory_table(self: &Arc<Self>) -> Arc<dyn TableProvider> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("component", DataType::Utf8, false),

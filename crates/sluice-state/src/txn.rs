@@ -8,9 +8,9 @@
 //! not forget. A key written many times between two barriers is one write
 //! in the batch, with its last value. A deleted key is remembered (so that
 //! reads do not see the store's old value) only until its delete is in the
-//! store ([`StateTxn::forget_settled_deletes`]): an operator that writes
-//! and deletes a new key per row (rows waiting for their window to close)
-//! would otherwise fill its cache with the keys of rows long gone.
+//! store ([`StateTxn::forget_settled_deletes`]): a view's rows are keyed
+//! by the row, so every update of a group deletes a key, and those would
+//! otherwise fill the cache with keys long gone.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -34,8 +34,10 @@ pub struct StateTxn {
     settled_deletes: Vec<Vec<u8>>,
     /// Keys whose delete the latest take handed over.
     latest_deletes: Vec<Vec<u8>>,
-    /// Where this transaction adds what it holds (`sluice_memory`).
-    meter: Option<Arc<AtomicUsize>>,
+    /// Where this transaction adds what it holds (`sluice_memory`), and
+    /// what it last added there: brought up to date when the writes are
+    /// taken or the cache trimmed, not on every write.
+    meter: Option<(Arc<AtomicUsize>, usize)>,
 }
 
 /// A value this transaction wrote.
@@ -91,38 +93,38 @@ impl StateTxn {
         }
     }
 
-    /// A transaction over `store` that keeps `meter` at the sum of what it
-    /// and the other transactions sharing `meter` hold.
+    /// A transaction over `store` that adds what it holds to `meter`, which
+    /// other transactions may share: as of each take of the writes, each
+    /// trim of the cache, and 0 once dropped.
     pub fn metered(store: Arc<dyn StateBackend>, meter: Arc<AtomicUsize>) -> Self {
         let mut txn = StateTxn::new(store);
-        txn.meter = Some(meter);
+        txn.meter = Some((meter, 0));
         txn
     }
 
-    /// Sets what the overlay holds, keeping the meter in step.
-    fn set_bytes(&mut self, bytes: usize) {
-        if let Some(meter) = &self.meter {
-            if bytes >= self.bytes {
-                meter.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+    /// Brings the meter to `bytes` held by this transaction.
+    fn report(&mut self, bytes: usize) {
+        if let Some((meter, reported)) = &mut self.meter {
+            if bytes >= *reported {
+                meter.fetch_add(bytes - *reported, Ordering::Relaxed);
             } else {
-                meter.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+                meter.fetch_sub(*reported - bytes, Ordering::Relaxed);
             }
+            *reported = bytes;
         }
-        self.bytes = bytes;
     }
 
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.dirty = true;
-        let bytes = match self.overlay.get_mut(&key) {
+        match self.overlay.get_mut(&key) {
             Some(cached) => {
-                let bytes = (self.bytes + value.as_ref().map_or(0, Vec::len))
+                self.bytes = (self.bytes + value.as_ref().map_or(0, Vec::len))
                     .saturating_sub(cached.value.as_ref().map_or(0, Vec::len));
                 cached.value = value;
                 cached.dirty = true;
-                bytes
             }
             None => {
-                let bytes = self.bytes + cost(&key, value.as_ref());
+                self.bytes += cost(&key, value.as_ref());
                 self.overlay.insert(
                     key,
                     Cached {
@@ -131,10 +133,8 @@ impl StateTxn {
                         taken: 0,
                     },
                 );
-                bytes
             }
-        };
-        self.set_bytes(bytes);
+        }
     }
 
     /// Sets `key`.
@@ -279,6 +279,7 @@ impl StateTxn {
         self.takes += 1;
         let latest = std::mem::take(&mut self.latest_deletes);
         self.settled_deletes.extend(latest);
+        self.report(self.bytes);
         if !std::mem::take(&mut self.dirty) {
             return batch;
         }
@@ -300,7 +301,6 @@ impl StateTxn {
     /// when every batch of writes taken before the latest is in the store.
     /// Costs as much as the deletes taken since the last call.
     pub fn forget_settled_deletes(&mut self) {
-        let mut bytes = self.bytes;
         for k in std::mem::take(&mut self.settled_deletes) {
             // Forget it only while it is still that settled delete: not
             // written again since, nor deleted again in the latest batch.
@@ -310,10 +310,10 @@ impl StateTxn {
                 .is_some_and(|c| c.value.is_none() && !c.dirty && c.taken < self.takes);
             if settled {
                 self.overlay.remove(&k);
-                bytes = bytes.saturating_sub(cost(&k, None));
+                self.bytes = self.bytes.saturating_sub(cost(&k, None));
             }
         }
-        self.set_bytes(bytes);
+        self.report(self.bytes);
     }
 
     /// Roughly how many bytes of keys and values this transaction holds.
@@ -337,8 +337,8 @@ impl StateTxn {
         // Writes not yet taken stay too.
         let overlay = std::mem::take(&mut self.overlay);
         keep.extend(overlay.into_iter().filter(|(_, c)| c.dirty));
-        let bytes = keep.iter().map(|(k, c)| cost(k, c.value.as_ref())).sum();
-        self.set_bytes(bytes);
+        self.bytes = keep.iter().map(|(k, c)| cost(k, c.value.as_ref())).sum();
+        self.report(self.bytes);
         self.overlay = keep;
         // What is left of the deletes is in `keep` or in the store.
         self.settled_deletes.clear();
@@ -356,7 +356,7 @@ impl StateTxn {
 
 impl Drop for StateTxn {
     fn drop(&mut self) {
-        self.set_bytes(0);
+        self.report(0);
     }
 }
 
@@ -528,6 +528,8 @@ mod tests {
         for k in [&b"w/a"[..], b"w/b", b"w/c", b"w/d"] {
             txn.put(k.to_vec(), b"row".to_vec());
         }
+        // The meter follows at each take, not at each write.
+        assert_eq!(meter.load(Ordering::Relaxed), 0);
         let e1 = txn.take_writes();
         store.write(e1).expect("epoch 1");
         let full = txn.cached_bytes();
@@ -567,6 +569,7 @@ mod tests {
         // own share away when dropped.
         let mut other = StateTxn::metered(store, meter.clone());
         other.put(b"x".to_vec(), b"y".to_vec());
+        assert!(other.take_writes().len() == 1);
         assert_eq!(
             meter.load(Ordering::Relaxed),
             txn.cached_bytes() + other.cached_bytes()
