@@ -12,11 +12,13 @@
 //! a task of the [`runtime`], connected to the others by channels that
 //! carry changes and checkpoint barriers.
 //!
-//! Operators live in `operators/`, one file each.
+//! Operators live in `operators/`, one concept each.
 
 pub mod late;
 pub mod operators;
 pub mod runtime;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -40,12 +42,13 @@ pub struct OpContext<'a> {
 #[async_trait]
 pub trait Operator: Send + Sync {
     /// Processes `changes` of input `input` (0 or 1) and returns the change
-    /// of the output. `state` is this operator's key prefix.
+    /// of the output. `prefix` is this operator's key prefix: all its state
+    /// is under it.
     async fn process(
         &self,
         input: usize,
         changes: ChangeBatch,
-        state: &[u8],
+        prefix: &[u8],
         ctx: &mut OpContext<'_>,
     ) -> Result<ChangeBatch>;
 
@@ -54,7 +57,7 @@ pub trait Operator: Send + Sync {
     /// when the view is created.
     async fn initialize(
         &self,
-        _state: &[u8],
+        _prefix: &[u8],
         _ctx: &mut OpContext<'_>,
     ) -> Result<Option<ChangeBatch>> {
         Ok(None)
@@ -68,7 +71,7 @@ pub trait Operator: Send + Sync {
     async fn on_watermark(
         &self,
         _watermarks: &[Option<i64>],
-        _state: &[u8],
+        _prefix: &[u8],
         _ctx: &mut OpContext<'_>,
     ) -> Result<Option<ChangeBatch>> {
         Ok(None)
@@ -83,6 +86,13 @@ pub trait Operator: Send + Sync {
 
     /// The schema of the output.
     fn schema(&self) -> SchemaRef;
+
+    /// The regions of state the operator keeps under its prefix (none for
+    /// a stateless operator): what the runtime can measure, checkpoint or
+    /// move without knowing the operator.
+    fn state_layout(&self) -> Vec<operators::layout::Region> {
+        Vec::new()
+    }
 
     /// Whether the operator keeps no state and has one input: it then runs
     /// inside the task of its consumer instead of a task of its own.
@@ -114,7 +124,7 @@ pub enum Node {
         /// Its inputs, in order.
         inputs: Vec<Node>,
         /// Its key prefix in the state store.
-        state: Vec<u8>,
+        prefix: Vec<u8>,
     },
 }
 
@@ -175,12 +185,12 @@ impl Node {
         Box::pin(async move {
             match self {
                 Node::Source { relation, .. } => Ok((*relation == source).then(|| changes.clone())),
-                Node::Op { op, inputs, state } => {
+                Node::Op { op, inputs, prefix } => {
                     let mut outputs = Vec::new();
                     for (i, input) in inputs.iter().enumerate() {
                         if let Some(delta) = input.push(source, changes, ctx).await? {
                             if !delta.is_empty() {
-                                outputs.push(op.process(i, delta, state, ctx).await?);
+                                outputs.push(op.process(i, delta, prefix, ctx).await?);
                             }
                         }
                     }
@@ -201,18 +211,18 @@ impl Node {
         ctx: &'a mut OpContext<'_>,
     ) -> BoxFuture<'a, Result<Option<ChangeBatch>>> {
         Box::pin(async move {
-            let Node::Op { op, inputs, state } = self else {
+            let Node::Op { op, inputs, prefix } = self else {
                 return Ok(None);
             };
             let mut outputs = Vec::new();
             for (i, input) in inputs.iter().enumerate() {
                 if let Some(delta) = input.initialize(ctx).await? {
                     if !delta.is_empty() {
-                        outputs.push(op.process(i, delta, state, ctx).await?);
+                        outputs.push(op.process(i, delta, prefix, ctx).await?);
                     }
                 }
             }
-            if let Some(own) = op.initialize(state, ctx).await? {
+            if let Some(own) = op.initialize(prefix, ctx).await? {
                 outputs.push(own);
             }
             if outputs.is_empty() {

@@ -262,20 +262,20 @@ fn peel(node: Node) -> Result<(u64, Chain), Node> {
         Node::Op {
             op,
             mut inputs,
-            state,
+            prefix,
         } if op.stateless() && inputs.len() == 1 => {
             let Some(input) = inputs.pop() else {
-                return Err(Node::Op { op, inputs, state });
+                return Err(Node::Op { op, inputs, prefix });
             };
             match peel(input) {
                 Ok((relation, mut chain)) => {
-                    chain.push((op, state));
+                    chain.push((op, prefix));
                     Ok((relation, chain))
                 }
                 Err(input) => Err(Node::Op {
                     op,
                     inputs: vec![input],
-                    state,
+                    prefix,
                 }),
             }
         }
@@ -301,7 +301,7 @@ pub fn spawn(
             spawned.inlets.push((relation, out));
             carries(relation)
         }
-        Node::Op { op, inputs, state } => {
+        Node::Op { op, inputs, prefix } => {
             let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
             let mut chains = Vec::with_capacity(inputs.len());
             let mut carried = Vec::with_capacity(inputs.len());
@@ -326,7 +326,7 @@ pub fn spawn(
             let any = watermarks.any();
             let task = Task {
                 op,
-                state,
+                prefix,
                 chains,
                 sources,
             };
@@ -391,7 +391,8 @@ impl Aligner {
 /// One operator's task.
 struct Task {
     op: Box<dyn Operator>,
-    state: Vec<u8>,
+    /// Its key prefix in the state store.
+    prefix: Vec<u8>,
     chains: Vec<Chain>,
     /// The relations below each input, for late-row reports.
     sources: Vec<String>,
@@ -401,7 +402,7 @@ impl Task {
     async fn run(self, mut watermarks: Watermarks, mut inbox: Inbox, out: Outlet, env: TaskEnv) {
         let Task {
             op,
-            state,
+            prefix,
             chains,
             sources,
         } = self;
@@ -431,14 +432,14 @@ impl Task {
                     };
                     let result = match processed {
                         Ok(c) if c.is_empty() => continue,
-                        Ok(c) => catch_panic("an operator", op.process(input, c, &state, &mut ctx))
+                        Ok(c) => catch_panic("an operator", op.process(input, c, &prefix, &mut ctx))
                             .await
                             .map(Some),
                         Err(e) => Err(e),
                     };
                     let source = sources.get(input).map_or("", String::as_str);
                     for rows in late.drain(..) {
-                        env.late.record(&state, &env.name, source, rows);
+                        env.late.record(&prefix, &env.name, source, rows);
                     }
                     result
                 }
@@ -454,7 +455,7 @@ impl Task {
                             session: &env.session,
                             late: &mut late,
                         };
-                        let closed = op.on_watermark(watermarks.inputs(), &state, &mut ctx);
+                        let closed = op.on_watermark(watermarks.inputs(), &prefix, &mut ctx);
                         match catch_panic("an operator", closed).await {
                             Ok(Some(output)) if !output.is_empty() => {
                                 if !out.send(Message::Data(output)).await {
@@ -510,11 +511,11 @@ async fn apply_chain(
     mut changes: ChangeBatch,
     ctx: &mut OpContext<'_>,
 ) -> sluice_common::Result<ChangeBatch> {
-    for (op, state) in chain {
+    for (op, prefix) in chain {
         if changes.is_empty() {
             break;
         }
-        changes = op.process(0, changes, state, ctx).await?;
+        changes = op.process(0, changes, prefix, ctx).await?;
     }
     Ok(changes)
 }
@@ -559,7 +560,7 @@ mod tests {
         let root = Node::Op {
             op: Box::new(Union::new(schema.clone())),
             inputs: vec![source(1), source(2), source(3)],
-            state: b"u".to_vec(),
+            prefix: b"u".to_vec(),
         };
         let (reports_tx, mut reports) = mpsc::unbounded_channel();
         let (_committed_tx, committed) = watch::channel(0u64);

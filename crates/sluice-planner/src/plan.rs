@@ -1,9 +1,10 @@
 //! DataFusion `LogicalPlan` (optimized) -> a tree of incremental operators.
 //!
 //! Stateless nodes (projection, filter, alias, union) become [`Map`] and
-//! [`Union`]; stateful ones (aggregate, join, top-N, window) a [`Recompute`]
-//! of that very node over the partitions a change touches. A join of a
-//! stream with a table is a lookup join. What has no incremental form is
+//! [`Union`]; stateful ones the operator of their concept ([`GroupBy`],
+//! [`Join`], [`IntervalJoin`], [`LookupJoin`], [`TopN`], [`WindowFunction`]),
+//! each of which runs that very node over the partitions a change touches.
+//! A join of a stream with a table is a lookup join. What has no incremental form is
 //! refused here, at CREATE time, with 0A000.
 
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use datafusion::prelude::SessionContext;
 use sluice_catalog::{state_prefix, Catalog};
 use sluice_common::{Result, SluiceError};
 use sluice_dataflow::operators::{
-    invertible_type, plain_aggregate, EventTime, Inverted, Map, Merge, Partitioning, Recompute,
-    RecomputeInput, Total, Union, WindowClose,
+    invertible_type, plain_aggregate, GroupBy, IntervalJoin, Inverted, Join, LookupJoin, Map,
+    Merge, PartitionedInput, Total, TopN, Union, WindowClose, WindowFunction,
 };
 use sluice_dataflow::Node;
 use sluice_sql::RelationKind;
@@ -78,8 +79,8 @@ impl<'a> Builder<'a> {
     }
 
     pub(crate) fn op(&mut self, op: Box<dyn sluice_dataflow::Operator>, inputs: Vec<Node>) -> Node {
-        let state = self.state();
-        Node::Op { op, inputs, state }
+        let prefix = self.state();
+        Node::Op { op, inputs, prefix }
     }
 
     /// Whether every row `plan` produces is an insert, forever (it reads
@@ -259,13 +260,12 @@ impl<'a> Builder<'a> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let mut op = Recompute::try_new(
+                let mut op = GroupBy::try_new(
                     plan.clone(),
-                    vec![RecomputeInput {
+                    PartitionedInput {
                         df_schema: a.input.schema().clone(),
                         keys,
-                    }],
-                    Partitioning::GroupColumns(a.group_expr.len()),
+                    },
                     label,
                 )?;
                 if self.append_only(&a.input) {
@@ -281,11 +281,11 @@ impl<'a> Builder<'a> {
                     let event_time = bounds(self.catalog, &a.input)?
                         .iter()
                         .position(|b| b.as_ref().is_some_and(|b| b.identity));
-                    op = op.with_event_time(EventTime::Window(WindowClose {
+                    op = op.with_window(WindowClose {
                         columns,
                         emit_on_close: self.emit_on_window_close,
                         event_time,
-                    }));
+                    });
                 } else if !self.append_only(&a.input) {
                     if let Some(inverted) = self.invertible(&a.aggr_expr, a.input.schema())? {
                         op = op.with_totals(inverted);
@@ -305,7 +305,7 @@ impl<'a> Builder<'a> {
                 // both sides by event time.
                 let mut bounded = (left_stream || right_stream).then(|| self.interval_join(j));
                 let mut interval = None;
-                let partitioning =
+                let lookup =
                     match (left_stream, right_stream, j.join_type) {
                         // Two streams: an interval join when bounded; with no
                         // condition beyond equal keys, a regular join keeping
@@ -317,7 +317,7 @@ impl<'a> Builder<'a> {
                                 Some(Err(e)) if j.filter.is_some() => return Err(e),
                                 _ => {}
                             }
-                            Partitioning::JoinKeys
+                            None
                         }
                         // A stream and a view bounded by the same event times
                         // (q7: the bids of a window with the window's
@@ -327,14 +327,10 @@ impl<'a> Builder<'a> {
                             if j.filter.is_some() && matches!(bounded, Some(Ok(_))) =>
                         {
                             interval = bounded.take().and_then(Result::ok);
-                            Partitioning::JoinKeys
+                            None
                         }
-                        (true, false, JoinType::Inner | JoinType::Left) => {
-                            Partitioning::Lookup { stream: 0 }
-                        }
-                        (false, true, JoinType::Inner | JoinType::Right) => {
-                            Partitioning::Lookup { stream: 1 }
-                        }
+                        (true, false, JoinType::Inner | JoinType::Left) => Some(0),
+                        (false, true, JoinType::Inner | JoinType::Right) => Some(1),
                         (true, false, _) | (false, true, _) => return Err(unsupported(
                             format!(
                                 "{} JOIN of a stream with a table",
@@ -348,7 +344,7 @@ impl<'a> Builder<'a> {
                         // like an interval join's.
                         (false, false, _) => {
                             interval = self.closed_join(j)?;
-                            Partitioning::JoinKeys
+                            None
                         }
                     };
                 // Keys that the watermark bounds lead, so that what it
@@ -367,7 +363,7 @@ impl<'a> Builder<'a> {
                     .iter()
                     .map(|(_, r)| self.physical(r, j.right.schema()))
                     .collect::<Result<Vec<_>>>()?;
-                let kind = if matches!(partitioning, Partitioning::Lookup { .. }) {
+                let kind = if lookup.is_some() {
                     "LookupJoin"
                 } else if interval.is_some() {
                     "IntervalJoin"
@@ -386,25 +382,34 @@ impl<'a> Builder<'a> {
                         .map(|f| format!(" filter {f}"))
                         .unwrap_or_default()
                 );
-                let mut op = Recompute::try_new(
-                    plan.clone(),
-                    vec![
-                        RecomputeInput {
-                            df_schema: j.left.schema().clone(),
-                            keys: left_keys,
-                        },
-                        RecomputeInput {
-                            df_schema: j.right.schema().clone(),
-                            keys: right_keys,
-                        },
-                    ],
-                    partitioning,
-                    label,
-                )?;
-                if let Some(expiries) = interval {
-                    op = op.with_event_time(EventTime::Interval(expiries));
-                }
-                Ok(self.op(Box::new(op), vec![left, right]))
+                let left_input = PartitionedInput {
+                    df_schema: j.left.schema().clone(),
+                    keys: left_keys,
+                };
+                let right_input = PartitionedInput {
+                    df_schema: j.right.schema().clone(),
+                    keys: right_keys,
+                };
+                let op: Box<dyn sluice_dataflow::Operator> = match (lookup, interval) {
+                    (Some(stream), _) => Box::new(LookupJoin::try_new(
+                        plan.clone(),
+                        left_input,
+                        right_input,
+                        stream,
+                        label,
+                    )?),
+                    (None, Some(expiries)) => Box::new(IntervalJoin::new(
+                        Join::try_new(plan.clone(), left_input, right_input, label)?,
+                        expiries,
+                    )),
+                    (None, None) => Box::new(Join::try_new(
+                        plan.clone(),
+                        left_input,
+                        right_input,
+                        label,
+                    )?),
+                };
+                Ok(self.op(op, vec![left, right]))
             }
             LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
                 let child = plan.inputs()[0];
@@ -416,15 +421,7 @@ impl<'a> Builder<'a> {
                 }
                 let input = self.build(child)?;
                 let label = format!("TopN: {}", plan.display());
-                let op = Recompute::try_new(
-                    plan.clone(),
-                    vec![RecomputeInput {
-                        df_schema: child.schema().clone(),
-                        keys: Vec::new(),
-                    }],
-                    Partitioning::PerKey,
-                    label,
-                )?;
+                let op = TopN::try_new(plan.clone(), child.schema().clone(), label)?;
                 Ok(self.op(Box::new(op), vec![input]))
             }
             LogicalPlan::Window(w) => {
@@ -447,13 +444,12 @@ impl<'a> Builder<'a> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let op = Recompute::try_new(
+                let op = WindowFunction::try_new(
                     plan.clone(),
-                    vec![RecomputeInput {
+                    PartitionedInput {
                         df_schema: w.input.schema().clone(),
                         keys,
-                    }],
-                    Partitioning::PerKey,
+                    },
                     label,
                 )?;
                 Ok(self.op(Box::new(op), vec![input]))

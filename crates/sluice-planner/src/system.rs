@@ -37,7 +37,7 @@ pub(crate) fn operators_of(relation: &Relation, root: &Node) -> Vec<OperatorInfo
 }
 
 fn walk(relation: &Relation, node: &Node, index: &mut usize, out: &mut Vec<OperatorInfo>) {
-    let Node::Op { op, inputs, state } = node else {
+    let Node::Op { op, inputs, prefix } = node else {
         return;
     };
     if !op.stateless() {
@@ -46,7 +46,7 @@ fn walk(relation: &Relation, node: &Node, index: &mut usize, out: &mut Vec<Opera
             view_name: relation.entry().name.clone(),
             index: *index,
             label: op.explain(),
-            state: state.clone(),
+            state: prefix.clone(),
         });
     }
     *index += 1;

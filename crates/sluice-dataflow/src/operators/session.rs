@@ -29,15 +29,14 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use sluice_common::{ChangeBatch, Result};
 
-use super::recompute::micros_of;
-use super::state_keys::{
+use super::event_time::micros_of;
+use super::layout::{
     count_of, ordered_time, partition_prefix, side_prefix, split_entry, time_of,
 };
 use crate::late::LateRows;
 use crate::{OpContext, Operator};
 
-const ROWS: u8 = 0;
-const META: u8 = 3;
+use super::layout::session::{META, ROWS};
 
 /// One output column of a [`Session`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +341,24 @@ impl Operator for Session {
 
     fn schema(&self) -> SchemaRef {
         self.spec.schema.clone()
+    }
+
+    fn state_layout(&self) -> Vec<super::layout::Region> {
+        use super::layout::Region;
+        vec![
+            Region {
+                side: ROWS,
+                name: "rows of open sessions",
+                key: "<key length u32> <partition key> <time> <row>",
+                value: "multiplicity i64",
+            },
+            Region {
+                side: META,
+                name: "watermark rows were last freed at",
+                key: "",
+                value: "microseconds i64",
+            },
+        ]
     }
 
     fn explain(&self) -> String {

@@ -41,15 +41,12 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
-use super::recompute::micros_of;
-use super::state_keys::{ordered_time, partition_prefix, side_prefix, split_entry, time_of};
+use super::event_time::micros_of;
+use super::layout::{ordered_time, partition_prefix, side_prefix, split_entry, time_of};
 use crate::late::LateRows;
 use crate::{OpContext, Operator};
 
-const VERSIONS: u8 = 0;
-const WAITING: u8 = 1;
-const DIRTY: u8 = 2;
-const META: u8 = 3;
+use super::layout::temporal::{DIRTY, META, VERSIONS, WAITING};
 
 /// What the planner knows of an event-time temporal join.
 pub struct TemporalSpec {
@@ -196,7 +193,7 @@ impl TemporalJoin {
     }
 
     fn keys_of(&self, keys: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        super::state_keys::encode_keys(self.key_codec.as_ref(), keys, batch)
+        super::layout::encode_keys(self.key_codec.as_ref(), keys, batch)
     }
 
     fn load_meta(&self, state: &[u8], ctx: &OpContext<'_>) -> Result<Meta> {
@@ -599,6 +596,36 @@ impl Operator for TemporalJoin {
 
     fn schema(&self) -> SchemaRef {
         self.spec.schema.clone()
+    }
+
+    fn state_layout(&self) -> Vec<super::layout::Region> {
+        use super::layout::Region;
+        vec![
+            Region {
+                side: VERSIONS,
+                name: "the table's versions per key",
+                key: "<key length u32> <join key> <version time>",
+                value: "1 <row>, or 0 for a delete",
+            },
+            Region {
+                side: WAITING,
+                name: "events waiting for the table's watermark",
+                key: "<event time> <seq u64>",
+                value: "the row",
+            },
+            Region {
+                side: DIRTY,
+                name: "keys with versions to free",
+                key: "<key length u32> <join key>",
+                value: "empty",
+            },
+            Region {
+                side: META,
+                name: "watermarks, latest version time, next seq",
+                key: "",
+                value: "see Meta",
+            },
+        ]
     }
 
     fn explain(&self) -> String {

@@ -1,4 +1,4 @@
-//! GROUP BY over an input that retracts rows, when every aggregate is
+//! The running-totals strategy of [`GroupBy`]: over an input that retracts rows, when every aggregate is
 //! `count`, `sum` or `avg` of integers: each group keeps running totals
 //! (rows, and per aggregate the sum and count of its non-NULL values), a
 //! change adds or subtracts its rows, and the group's row is rebuilt from
@@ -6,7 +6,7 @@
 //! change does not grow with the group (Nexmark q4: the average of every
 //! auction's final price per category).
 //!
-//! State: `<side 3> <key length u32> <key>` -> `<rows i64>` then, per
+//! State: `<totals> <key length u32> <key>` -> `<rows i64>` then, per
 //! aggregate, `<sum i128> <count i64>`, big-endian.
 
 use std::collections::HashMap;
@@ -20,11 +20,10 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
-use super::Recompute;
+use super::GroupBy;
+use crate::operators::layout::partition_prefix;
+use crate::operators::layout::partitioned::TOTALS;
 use crate::OpContext;
-
-/// The side under which the running totals are kept.
-const TOTALS_SIDE: u8 = 3;
 
 /// An aggregate kept as running totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +106,7 @@ impl Totals {
     }
 }
 
-impl Recompute {
+impl GroupBy {
     /// Applies `changes` (with their group `keys`) to the groups' running
     /// totals and returns the change of the groups' rows.
     pub(super) fn apply_totals(
@@ -115,7 +114,7 @@ impl Recompute {
         inverted: &[Inverted],
         keys: &[Vec<u8>],
         changes: &ChangeBatch,
-        state: &[u8],
+        prefix: &[u8],
         ctx: &mut OpContext<'_>,
     ) -> Result<ChangeBatch> {
         let batch = &changes.batch;
@@ -175,7 +174,7 @@ impl Recompute {
         }
         let state_keys: Vec<Vec<u8>> = groups
             .iter()
-            .map(|k| Self::partition_prefix(state, TOTALS_SIDE, k))
+            .map(|k| partition_prefix(prefix, TOTALS, k))
             .collect();
         let stored = ctx.txn.multi_get(&state_keys)?;
         let mut old = Vec::with_capacity(groups.len());
@@ -206,18 +205,15 @@ impl Recompute {
             new.push(after);
         }
         // The group columns, evaluated once for the old and the new rows.
-        let group_columns = self.inputs[0]
+        let group_columns = self.parts.inputs[0]
             .keys
             .iter()
             .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
             .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
         let old_rows = self.group_rows(inverted, &group_columns, &first_row, &old)?;
         let new_rows = self.group_rows(inverted, &group_columns, &first_row, &new)?;
-        let old_rows: Vec<(Vec<u8>, i64)> = super::rows_of(&self.output_rows, &old_rows)?
-            .into_iter()
-            .map(|r| (r, 1))
-            .collect();
-        Ok(self.diff(&old_rows, &new_rows)?.0)
+        let old_rows = self.plan.encode(&old_rows)?;
+        Ok(self.plan.diff(&old_rows, &new_rows)?.0)
     }
 
     /// The output rows of the groups whose totals are `totals` (one row per
@@ -232,7 +228,7 @@ impl Recompute {
     ) -> Result<RecordBatch> {
         let live: Vec<usize> = (0..totals.len()).filter(|&g| totals[g].rows > 0).collect();
         let rows = UInt32Array::from(live.iter().map(|&g| first_row[g]).collect::<Vec<_>>());
-        let fields = self.schema.fields();
+        let fields = self.plan.schema.fields();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
         for (values, field) in group_columns.iter().zip(fields.iter()) {
             columns.push(cast(&take(values, &rows, None)?, field.data_type())?);
@@ -276,7 +272,7 @@ impl Recompute {
             columns.push(cast(&column, field.data_type())?);
         }
         Ok(RecordBatch::try_new_with_options(
-            self.schema.clone(),
+            self.plan.schema.clone(),
             columns,
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(live.len())),
         )?)

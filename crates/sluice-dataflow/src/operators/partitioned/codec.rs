@@ -1,4 +1,4 @@
-//! How a [`Recompute`](super::Recompute) input's rows are encoded in state.
+//! How a partitioned input's rows are encoded in state.
 //!
 //! Rows are `arrow-row` encoded, so the entries of a key are in the order
 //! of the encoded columns. An input may have a *leading* column, encoded
@@ -16,12 +16,12 @@ use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{batch_with_rows, Result};
 
 /// The column an input's encoded rows lead with.
-pub(super) struct Lead {
+pub(crate) struct Lead {
     /// Encodes values of it alone, exactly as they lead a row.
     pub value: RowConverter,
 }
 
-pub(super) struct InputCodec {
+pub(crate) struct InputCodec {
     pub df_schema: DFSchemaRef,
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     pub key_codec: Option<RowConverter>,
@@ -126,7 +126,7 @@ fn converter_of(
 }
 
 /// Encoded rows (each repeated by its multiplicity) as a batch of `schema`.
-pub(super) fn decode_rows<R: AsRef<[u8]>>(
+pub(crate) fn decode_rows<R: AsRef<[u8]>>(
     converter: &RowConverter,
     schema: &SchemaRef,
     rows: &[(R, i64)],

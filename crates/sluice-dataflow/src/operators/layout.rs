@@ -1,7 +1,17 @@
-//! How operators lay out their state keys (after the operator's prefix):
-//! a side byte, then a length-prefixed key, then whatever the operator
-//! orders by. Shared by [`Recompute`](super::Recompute),
-//! [`TemporalJoin`](super::TemporalJoin) and [`Session`](super::Session).
+//! How operators lay out their state, in one place.
+//!
+//! Every operator's state lives under its key prefix (given to it by the
+//! planner, `<view id> <operator number>`), split into *regions* by a side
+//! byte: `<prefix> <side u8> ...`. An operator declares its regions
+//! ([`Region`], [`crate::Operator::state_layout`]), so the runtime and the
+//! tests can tell what each key is without knowing the operator. The side
+//! bytes of every operator are the constants below; nothing else assigns
+//! one.
+//!
+//! Inside a region, keys are usually `<side> <key length u32> <key> <rest>`
+//! ([`partition_prefix`]): a partition's entries are one range of keys.
+//! Keys and rows are `arrow-row` encoded; times are stored so that byte
+//! order is time order ([`ordered_time`]).
 
 use std::sync::Arc;
 
@@ -9,6 +19,60 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::row::RowConverter;
 use datafusion::physical_plan::PhysicalExpr;
 use sluice_common::{Result, SluiceError};
+
+/// One region of an operator's state: entries under `<prefix> <side>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// The side byte after the operator's prefix.
+    pub side: u8,
+    /// What the region holds.
+    pub name: &'static str,
+    /// The rest of its keys, after the side byte.
+    pub key: &'static str,
+    /// Its values.
+    pub value: &'static str,
+}
+
+/// The side bytes of the operators that keep their inputs partitioned by a
+/// key ([`super::partitioned`]: GROUP BY, joins, top-N, window functions).
+pub(crate) mod partitioned {
+    /// An input's rows (input 0 on side 0, input 1 on side 1).
+    pub const INPUT: [u8; 2] = [0, 1];
+    /// The output rows an operator produced, per partition.
+    pub const OUTPUT: u8 = 2;
+    /// The event-time slots: the watermark and each slot's bound at the
+    /// last close (windowed GROUP BY, interval joins).
+    pub const SLOTS: u8 = 3;
+    /// A GROUP BY's running totals per group. The same byte as [`SLOTS`]:
+    /// running totals are kept only by a GROUP BY that no watermark
+    /// closes, which has no slots (`GroupBy::with_totals`).
+    pub const TOTALS: u8 = 3;
+    /// A merged GROUP BY's output row per group.
+    pub const MERGED: u8 = 4;
+    /// How many rows each input side holds.
+    pub const SIZES: u8 = 5;
+}
+
+/// The side bytes of [`super::TemporalJoin`].
+pub(crate) mod temporal {
+    /// The table's versions per key.
+    pub const VERSIONS: u8 = 0;
+    /// The events waiting for the table's watermark.
+    pub const WAITING: u8 = 1;
+    /// Keys with versions to free.
+    pub const DIRTY: u8 = 2;
+    /// Watermarks, latest version time, next sequence number.
+    pub const META: u8 = 3;
+}
+
+/// The side bytes of [`super::Session`].
+pub(crate) mod session {
+    /// The rows of open sessions, in time order per partition.
+    pub const ROWS: u8 = 0;
+    /// The watermark rows were last freed at.
+    pub const META: u8 = 3;
+}
+
 
 /// Each row's key (`keys` evaluated on `batch`), `arrow-row` encoded; all
 /// empty when there is no key (`codec` is `None`).

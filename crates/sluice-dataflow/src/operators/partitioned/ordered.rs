@@ -18,12 +18,13 @@ use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use sluice_common::Result;
 use sluice_state::prefix_successor;
 
-use super::{count_of, Recompute};
+use super::{PartitionedState, Rows};
+use crate::operators::layout::{count_of, partition_prefix};
 use crate::OpContext;
 
 /// A GROUP BY answered by the extreme row of each group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Extreme {
+pub(crate) struct Extreme {
     /// The aggregates are `max` (else `min`).
     pub max: bool,
     /// The aggregated input column.
@@ -32,7 +33,7 @@ pub(super) struct Extreme {
 
 /// Which rows of a side a change of the other side can meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Range {
+pub(crate) struct Range {
     /// The side's compared column.
     pub column: usize,
     /// The other side's compared column.
@@ -72,7 +73,7 @@ fn aggregate_column(e: &Expr) -> Option<(bool, &Column)> {
 
 /// The extreme a GROUP BY needs, when all its aggregates are `max`, or all
 /// `min`, of the same input column.
-pub(super) fn extreme_of(plan: &LogicalPlan) -> Option<Extreme> {
+pub(crate) fn extreme_of(plan: &LogicalPlan) -> Option<Extreme> {
     let LogicalPlan::Aggregate(a) = plan else {
         return None;
     };
@@ -93,7 +94,7 @@ pub(super) fn extreme_of(plan: &LogicalPlan) -> Option<Extreme> {
 /// comparison of the condition between a column of each side (of the same
 /// type). A row outside it meets none of the changed rows of the other
 /// side, whatever the join type.
-pub(super) fn ranges_of(plan: &LogicalPlan) -> [Option<Range>; 2] {
+pub(crate) fn ranges_of(plan: &LogicalPlan) -> [Option<Range>; 2] {
     let LogicalPlan::Join(j) = plan else {
         return [None, None];
     };
@@ -148,37 +149,34 @@ pub(super) fn ranges_of(plan: &LogicalPlan) -> [Option<Range>; 2] {
     [None, None]
 }
 
-impl Recompute {
+impl PartitionedState {
     /// The extreme row of input 0 under `key` (by [`Extreme`]), if any.
-    pub(super) fn load_extreme(
+    pub(crate) fn load_extreme(
         &self,
         ctx: &OpContext<'_>,
-        state: &[u8],
+        prefix: &[u8],
         extreme: Extreme,
         key: &[u8],
     ) -> Result<Option<(Vec<u8>, i64)>> {
-        let prefix = Self::partition_prefix(state, 0, key);
-        let end = prefix_successor(&prefix);
-        let Some((k, _)) = ctx
-            .txn
-            .first_in_range(&prefix, end.as_deref(), extreme.max)?
-        else {
+        let at = partition_prefix(prefix, PartitionedState::side(0), key);
+        let end = prefix_successor(&at);
+        let Some((k, _)) = ctx.txn.first_in_range(&at, end.as_deref(), extreme.max)? else {
             return Ok(None);
         };
-        Ok(Some((k[prefix.len()..].to_vec(), 1)))
+        Ok(Some((k[at.len()..].to_vec(), 1)))
     }
 
     /// The rows of side `side` under the keys of `change` (rows of the other
     /// side, whose keys are `keys`) that `range` lets them meet.
-    pub(super) fn load_in_range(
+    pub(crate) fn load_in_range(
         &self,
         ctx: &OpContext<'_>,
-        state: &[u8],
+        prefix: &[u8],
         side: usize,
         range: Range,
         change: &RecordBatch,
         keys: &[Vec<u8>],
-    ) -> Result<Vec<(Vec<u8>, i64)>> {
+    ) -> Result<Rows> {
         let Some(lead) = &self.inputs[side].lead else {
             return Ok(Vec::new());
         };
@@ -208,19 +206,19 @@ impl Recompute {
         }
         let mut rows = Vec::new();
         for (key, bound) in bounds {
-            let prefix = Self::partition_prefix(state, side as u8, key);
-            let mut edge = prefix.clone();
+            let at = partition_prefix(prefix, PartitionedState::side(side), key);
+            let mut edge = at.clone();
             edge.extend_from_slice(bound);
             let entries = if range.from_below {
-                let end = prefix_successor(&prefix);
+                let end = prefix_successor(&at);
                 ctx.txn.scan_range(&edge, end.as_deref())?
             } else {
                 // Through every row whose column equals the bound.
                 let end = prefix_successor(&edge);
-                ctx.txn.scan_range(&prefix, end.as_deref())?
+                ctx.txn.scan_range(&at, end.as_deref())?
             };
             for (k, v) in entries {
-                rows.push((k[prefix.len()..].to_vec(), count_of(&v)?));
+                rows.push((k[at.len()..].to_vec(), count_of(&v)?));
             }
         }
         Ok(rows)

@@ -1,4 +1,4 @@
-//! Interval-join expiry in [`Recompute`]: dropping the rows of a join side
+//! Interval-join expiry in [`IntervalJoin`](super::IntervalJoin): dropping the rows of a join side
 //! that the watermark put out of reach ([`Expiry`]).
 //!
 //! - When the side's key leads with the expiring column and every key
@@ -22,9 +22,10 @@ use datafusion::physical_plan::expressions::Column;
 use sluice_common::{Result, SluiceError};
 use sluice_state::prefix_successor;
 
-use super::event_time::{micros_of, Expiry, Slots};
-use super::{count_of, split_entry, Recompute};
-use crate::operators::state_keys::side_prefix;
+use super::interval::{Expiring, Expiry, IntervalJoin};
+use crate::operators::event_time::micros_of;
+use crate::operators::layout::{count_of, side_prefix, split_entry};
+use crate::operators::partitioned::PartitionedState;
 use crate::OpContext;
 
 /// At most how many rows one watermark expires from a scanned side (the
@@ -35,7 +36,7 @@ const CHUNK: usize = 4096;
 
 /// An expiry scan of a whole side, in progress.
 #[derive(Debug)]
-pub(super) struct Pass {
+pub(crate) struct Pass {
     /// The key to go on from.
     resume: Vec<u8>,
     /// The smallest time among the rows the scan kept and the rows added
@@ -46,13 +47,13 @@ pub(super) struct Pass {
 /// `[start, end)` of the entries of `side` whose key leads with a value
 /// below `cutoff`, when its key leads with `column` and has a fixed width.
 fn key_range(
-    recompute: &Recompute,
+    parts: &PartitionedState,
     side: usize,
     column: usize,
     cutoff: i64,
-    state: &[u8],
+    prefix: &[u8],
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let codec = &recompute.inputs[side];
+    let codec = &parts.inputs[side];
     let leads = codec.keys.first().is_some_and(|k| {
         let any: &dyn std::any::Any = k.as_ref();
         any.downcast_ref::<Column>()
@@ -82,7 +83,7 @@ fn key_range(
     let length = key_codec.convert_columns(&sample)?.row(0).as_ref().len() as u32;
     let first = RowConverter::new(vec![SortField::new(types[0].clone())])?;
     let encoded = first.convert_columns(&[lead])?;
-    let mut at = side_prefix(state, side as u8);
+    let mut at = side_prefix(prefix, PartitionedState::side(side));
     at.extend_from_slice(&length.to_be_bytes());
     // NULLs sort first and never expire.
     let mut start = at.clone();
@@ -92,21 +93,23 @@ fn key_range(
     Ok(Some((start, end)))
 }
 
-impl Recompute {
+impl IntervalJoin {
     /// Drops the rows of `e.side` the slot's bound put out of reach.
     pub(super) fn expire(
         &self,
         e: &Expiry,
         slot: usize,
-        slots: &mut Slots,
-        state: &[u8],
+        expiring: &mut Expiring,
+        prefix: &[u8],
         ctx: &mut OpContext<'_>,
     ) -> Result<()> {
+        let Expiring { slots, passes } = expiring;
+        let parts = &self.join.parts;
         let Some(bound) = slots.bounds[slot] else {
             return Ok(());
         };
         let cutoff = bound.saturating_sub(e.offset);
-        if let Some((start, end)) = key_range(self, e.side, e.column, cutoff, state)? {
+        if let Some((start, end)) = key_range(parts, e.side, e.column, cutoff, prefix)? {
             let mut doomed = Vec::new();
             ctx.txn.visit_range(&start, Some(&end), &mut |k, v| {
                 doomed.push((k.to_vec(), count_of(v)));
@@ -117,29 +120,29 @@ impl Recompute {
                 expired += n?;
                 ctx.txn.delete(k);
             }
-            self.count_rows(e.side, -expired, ctx, state)?;
+            parts.count_rows(e.side, -expired, ctx, prefix)?;
             slots.smallest[slot] = Some(cutoff);
             return Ok(());
         }
-        if slots.passes[slot].is_none() {
+        if passes[slot].is_none() {
             let slack = slots
                 .watermark
                 .map_or(0, |w| w.saturating_sub(cutoff).max(0) / 4);
             if slots.smallest[slot].is_some_and(|s| s >= cutoff.saturating_sub(slack)) {
                 return Ok(());
             }
-            slots.passes[slot] = Some(Pass {
-                resume: side_prefix(state, e.side as u8),
+            passes[slot] = Some(Pass {
+                resume: side_prefix(prefix, PartitionedState::side(e.side)),
                 smallest: i64::MAX,
             });
             slots.smallest[slot] = None;
         }
-        let Some(pass) = slots.passes[slot].as_mut() else {
+        let Some(pass) = passes[slot].as_mut() else {
             return Ok(());
         };
-        let prefix = side_prefix(state, e.side as u8);
-        let end = prefix_successor(&prefix);
-        let codec = &self.inputs[e.side];
+        let at = side_prefix(prefix, PartitionedState::side(e.side));
+        let end = prefix_successor(&at);
+        let codec = &parts.inputs[e.side];
         let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(CHUNK);
         let mut doomed: Vec<Vec<u8>> = Vec::new();
         let mut expired = 0i64;
@@ -151,7 +154,7 @@ impl Recompute {
          -> Result<()> {
             let rows = chunk
                 .iter()
-                .map(|(k, _)| Ok((split_entry(&k[prefix.len()..])?.1, 1)))
+                .map(|(k, _)| Ok((split_entry(&k[at.len()..])?.1, 1)))
                 .collect::<Result<Vec<(&[u8], i64)>>>()?;
             let times = micros_of(codec.decode(&rows)?.column(e.column))?;
             for ((k, v), t) in chunk.drain(..).zip(times) {
@@ -191,7 +194,7 @@ impl Recompute {
         for k in doomed {
             ctx.txn.delete(k);
         }
-        self.count_rows(e.side, -expired, ctx, state)?;
+        parts.count_rows(e.side, -expired, ctx, prefix)?;
         match stopped_after {
             Some(mut last) => {
                 // The next key after `last`.
@@ -201,7 +204,7 @@ impl Recompute {
             }
             None => {
                 slots.smallest[slot] = Some(smallest);
-                slots.passes[slot] = None;
+                passes[slot] = None;
             }
         }
         Ok(())
