@@ -432,9 +432,11 @@ impl Task {
                     };
                     let result = match processed {
                         Ok(c) if c.is_empty() => continue,
-                        Ok(c) => catch_panic("an operator", op.process(input, c, &prefix, &mut ctx))
-                            .await
-                            .map(Some),
+                        Ok(c) => {
+                            catch_panic("an operator", op.process(input, c, &prefix, &mut ctx))
+                                .await
+                                .map(Some)
+                        }
                         Err(e) => Err(e),
                     };
                     let source = sources.get(input).map_or("", String::as_str);

@@ -238,7 +238,8 @@ pub(crate) async fn plan(sql: &str, tables: &[(&str, &[(&str, DataType)])]) -> L
                 .collect::<Vec<_>>(),
         ));
         let table = MemTable::try_new(schema, vec![vec![]]).expect("table");
-        ctx.register_table(*name, Arc::new(table)).expect("register");
+        ctx.register_table(*name, Arc::new(table))
+            .expect("register");
     }
     ctx.sql(sql)
         .await

@@ -19,7 +19,7 @@ use sluice_catalog::{state_prefix, Catalog};
 use sluice_common::{Result, SluiceError};
 use sluice_dataflow::operators::{
     invertible_type, plain_aggregate, GroupBy, IntervalJoin, Inverted, Join, LookupJoin, Map,
-    Merge, PartitionedInput, Total, TopN, Union, WindowClose, WindowFunction,
+    Merge, PartitionedInput, TopN, Total, Union, WindowClose, WindowFunction,
 };
 use sluice_dataflow::Node;
 use sluice_sql::RelationKind;
@@ -402,12 +402,9 @@ impl<'a> Builder<'a> {
                         Join::try_new(plan.clone(), left_input, right_input, label)?,
                         expiries,
                     )),
-                    (None, None) => Box::new(Join::try_new(
-                        plan.clone(),
-                        left_input,
-                        right_input,
-                        label,
-                    )?),
+                    (None, None) => {
+                        Box::new(Join::try_new(plan.clone(), left_input, right_input, label)?)
+                    }
                 };
                 Ok(self.op(op, vec![left, right]))
             }

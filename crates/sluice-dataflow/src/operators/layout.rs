@@ -73,7 +73,6 @@ pub(crate) mod session {
     pub const META: u8 = 3;
 }
 
-
 /// Each row's key (`keys` evaluated on `batch`), `arrow-row` encoded; all
 /// empty when there is no key (`codec` is `None`).
 pub(crate) fn encode_keys(

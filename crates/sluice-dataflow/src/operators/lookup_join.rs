@@ -48,7 +48,9 @@ impl LookupJoin {
         label: String,
     ) -> Result<Self> {
         if !matches!(plan, LogicalPlan::Join(_)) || stream > 1 {
-            return Err(SluiceError::internal("LookupJoin over a plan that is not a join"));
+            return Err(SluiceError::internal(
+                "LookupJoin over a plan that is not a join",
+            ));
         }
         Ok(LookupJoin {
             plan: PartitionPlan::try_new(plan)?,
@@ -59,7 +61,12 @@ impl LookupJoin {
     }
 
     /// Events of the stream, joined with the table's rows of their keys.
-    async fn lookup(&self, changes: ChangeBatch, prefix: &[u8], ctx: &mut OpContext<'_>) -> Result<ChangeBatch> {
+    async fn lookup(
+        &self,
+        changes: ChangeBatch,
+        prefix: &[u8],
+        ctx: &mut OpContext<'_>,
+    ) -> Result<ChangeBatch> {
         let table = 1 - self.stream;
         let keys = self.parts.keys_of(self.stream, &changes.batch)?;
         let table_rows = self.parts.load_many(
@@ -134,5 +141,65 @@ impl Operator for LookupJoin {
 
     fn explain(&self) -> String {
         format!("{} (state: the table side's rows per key)", self.label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{Expr, LogicalPlan};
+
+    use super::*;
+    use crate::operators::layout::partitioned::{INPUT, SIZES};
+    use crate::testkit::{arrow, changes, node, physical, plan, Harness};
+
+    const I: DataType = DataType::Int64;
+
+    fn lookup(plan: &LogicalPlan) -> LookupJoin {
+        let LogicalPlan::Join(j) = plan else {
+            panic!("not a join")
+        };
+        let (left, right): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
+        let left = PartitionedInput {
+            df_schema: j.left.schema().clone(),
+            keys: physical(&left, j.left.schema()),
+        };
+        let right = PartitionedInput {
+            df_schema: j.right.schema().clone(),
+            keys: physical(&right, j.right.schema()),
+        };
+        LookupJoin::try_new(plan.clone(), left, right, 0, "LookupJoin".into()).expect("lookup")
+    }
+
+    #[tokio::test]
+    async fn events_meet_the_table_as_it_is_and_are_never_revised() {
+        let plan = plan(
+            "SELECT * FROM s LEFT JOIN t ON s.k = t.k",
+            &[
+                ("s", &[("k", I), ("v", I)]),
+                ("t", &[("k", I), ("name", DataType::Utf8)]),
+            ],
+        )
+        .await;
+        let plan = node(&plan, |p| matches!(p, LogicalPlan::Join(_)));
+        let inputs: Vec<_> = plan.inputs().iter().map(|i| arrow(i.schema())).collect();
+        let mut h = Harness::new(Box::new(lookup(&plan)), inputs.clone());
+        assert_eq!(h.push(1, "+ 1 a").await, Vec::<String>::new());
+        assert_eq!(
+            h.push(0, "+ 1 10\n+ 2 20").await,
+            ["+ 1 10 1 a", "+ 2 20 . ."]
+        );
+        // The table changes: what was emitted stays.
+        assert_eq!(h.push(1, "- 1 a\n+ 1 b").await, Vec::<String>::new());
+        assert_eq!(
+            h.state(),
+            [(INPUT[1], 1), (SIZES, 1)],
+            "only the table is kept"
+        );
+        h.restart(Box::new(lookup(&plan)));
+        assert_eq!(h.push(0, "+ 1 11").await, ["+ 1 11 1 b"]);
+        let retraction = changes(&inputs[0], "- 1 11");
+        let err = h.try_push(0, retraction).await.expect_err("a retraction");
+        assert!(err.to_string().contains("retraction"), "{err}");
     }
 }

@@ -30,9 +30,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use sluice_common::{ChangeBatch, Result};
 
 use super::event_time::micros_of;
-use super::layout::{
-    count_of, ordered_time, partition_prefix, side_prefix, split_entry, time_of,
-};
+use super::layout::{count_of, ordered_time, partition_prefix, side_prefix, split_entry, time_of};
 use crate::late::LateRows;
 use crate::{OpContext, Operator};
 

@@ -21,9 +21,7 @@ use datafusion::logical_expr::LogicalPlan;
 use sluice_common::{ChangeBatch, Result, SluiceError};
 
 use super::layout::Region;
-use super::partitioned::{
-    recompute_per_key, PartitionPlan, PartitionedInput, PartitionedState,
-};
+use super::partitioned::{recompute_per_key, PartitionPlan, PartitionedInput, PartitionedState};
 use crate::{OpContext, Operator};
 
 /// Maintains the top rows of its input: see the module's documentation.
@@ -38,7 +36,9 @@ impl TopN {
     /// of `input` schema. `label` names it in `EXPLAIN`.
     pub fn try_new(plan: LogicalPlan, input: DFSchemaRef, label: String) -> Result<Self> {
         if !matches!(plan, LogicalPlan::Sort(_) | LogicalPlan::Limit(_)) {
-            return Err(SluiceError::internal("TopN over a plan that is not a sort or limit"));
+            return Err(SluiceError::internal(
+                "TopN over a plan that is not a sort or limit",
+            ));
         }
         Ok(TopN {
             plan: PartitionPlan::try_new(plan)?,
@@ -78,5 +78,48 @@ impl Operator for TopN {
 
     fn explain(&self) -> String {
         format!("{} (state: input rows and output rows per key)", self.label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::LogicalPlan;
+
+    use super::*;
+    use crate::operators::layout::partitioned::{INPUT, OUTPUT, SIZES};
+    use crate::testkit::{arrow, node, plan, Harness};
+
+    fn top_n(plan: &LogicalPlan) -> TopN {
+        TopN::try_new(
+            plan.clone(),
+            plan.inputs()[0].schema().clone(),
+            "TopN".into(),
+        )
+        .expect("top n")
+    }
+
+    #[tokio::test]
+    async fn rows_enter_and_leave_the_top() {
+        let plan = plan(
+            "SELECT * FROM t ORDER BY v DESC LIMIT 2",
+            &[("t", &[("k", DataType::Utf8), ("v", DataType::Int64)])],
+        )
+        .await;
+        let plan = node(&plan, |p| {
+            matches!(p, LogicalPlan::Sort(_) | LogicalPlan::Limit(_))
+        });
+        let inputs = vec![arrow(plan.inputs()[0].schema())];
+        let mut h = Harness::new(Box::new(top_n(&plan)), inputs);
+        assert_eq!(h.push(0, "+ a 1\n+ b 2\n+ c 3").await, ["+ b 2", "+ c 3"]);
+        assert_eq!(h.push(0, "- c 3").await, ["+ a 1", "- c 3"]);
+        assert_eq!(
+            h.push(0, "- a 1\n+ a 1").await,
+            Vec::<String>::new(),
+            "no change"
+        );
+        assert_eq!(h.state(), [(INPUT[0], 2), (OUTPUT, 2), (SIZES, 1)]);
+        h.restart(Box::new(top_n(&plan)));
+        assert_eq!(h.push(0, "+ d 5").await, ["+ d 5", "- a 1"]);
     }
 }

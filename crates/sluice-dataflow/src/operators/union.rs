@@ -46,3 +46,23 @@ impl Operator for Union {
         "Union (stateless)".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::testkit::Harness;
+
+    #[tokio::test]
+    async fn changes_of_every_input_pass_cast_to_the_output() {
+        let narrow = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, true)]));
+        let wide = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let mut h = Harness::new(Box::new(Union::new(wide.clone())), vec![narrow, wide]);
+        assert_eq!(h.push(0, "+ 1\n- 2").await, ["+ 1", "- 2"]);
+        assert_eq!(h.push(1, "- 3").await, ["- 3"]);
+        assert_eq!(h.state(), [], "no state");
+    }
+}

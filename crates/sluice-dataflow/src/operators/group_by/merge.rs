@@ -122,6 +122,9 @@ impl GroupBy {
             Some(first) => concat_batches(&first.schema(), &batches)?,
             None => return Ok(RecordBatch::new_empty(schema.clone())),
         };
-        Ok(RecordBatch::try_new(schema.clone(), merged.columns().to_vec())?)
+        Ok(RecordBatch::try_new(
+            schema.clone(),
+            merged.columns().to_vec(),
+        )?)
     }
 }

@@ -91,7 +91,9 @@ impl GroupBy {
     /// group expressions. `label` names it in `EXPLAIN`.
     pub fn try_new(plan: LogicalPlan, input: PartitionedInput, label: String) -> Result<Self> {
         let LogicalPlan::Aggregate(aggregate) = &plan else {
-            return Err(SluiceError::internal("GroupBy over a plan that is not an aggregate"));
+            return Err(SluiceError::internal(
+                "GroupBy over a plan that is not an aggregate",
+            ));
         };
         let group_columns = aggregate.group_expr.len();
         if input.keys.len() != group_columns {

@@ -48,7 +48,9 @@ async fn rows_recompute_a_group_under_retractions() {
     )
     .await;
     let op = group_by(&plan);
-    assert!(op.explain().contains("state: input rows and output row per group"));
+    assert!(op
+        .explain()
+        .contains("state: input rows and output row per group"));
     let mut h = Harness::new(Box::new(op), input_of(&plan));
     assert_eq!(
         h.push(0, "+ 1 10\n+ 1 20\n+ 2 5").await,
@@ -59,8 +61,15 @@ async fn rows_recompute_a_group_under_retractions() {
     // Group 1: one input row, one output row, and the sizes.
     assert_eq!(h.state(), [(INPUT[0], 1), (OUTPUT, 1), (SIZES, 1)]);
     h.restart(Box::new(group_by(&plan)));
-    assert_eq!(h.push(0, "+ 1 30\n+ 1 30").await, ["+ 1 30 10", "- 1 10 10"]);
-    assert_eq!(h.push(0, "- 1 30").await, Vec::<String>::new(), "one 30 is left");
+    assert_eq!(
+        h.push(0, "+ 1 30\n+ 1 30").await,
+        ["+ 1 30 10", "- 1 10 10"]
+    );
+    assert_eq!(
+        h.push(0, "- 1 30").await,
+        Vec::<String>::new(),
+        "one 30 is left"
+    );
     assert_eq!(
         h.push(0, "- 1 30\n- 1 10").await,
         ["- 1 30 10"],
@@ -78,7 +87,11 @@ async fn extreme_reads_only_the_largest_row() {
     assert_eq!(h.push(0, "+ 1 10\n+ 1 30\n+ 1 .").await, ["+ 1 30"]);
     assert_eq!(h.push(0, "- 1 30").await, ["+ 1 10", "- 1 30"]);
     h.restart(Box::new(group_by(&plan)));
-    assert_eq!(h.push(0, "- 1 10").await, ["+ 1 .", "- 1 10"], "only NULL is left");
+    assert_eq!(
+        h.push(0, "- 1 10").await,
+        ["+ 1 .", "- 1 10"],
+        "only NULL is left"
+    );
     assert_eq!(h.push(0, "- 1 .").await, ["- 1 ."]);
 }
 
@@ -115,19 +128,34 @@ async fn totals_follow_inserts_and_deletes() {
     )
     .await;
     let input = plan.inputs()[0].schema().clone();
-    let v: Arc<dyn PhysicalExpr> = Arc::new(Column::new("v", input.index_of_column_by_name(None, "v").expect("v")));
+    let v: Arc<dyn PhysicalExpr> = Arc::new(Column::new(
+        "v",
+        input.index_of_column_by_name(None, "v").expect("v"),
+    ));
     let totals = || {
         group_by(&plan).with_totals(vec![
-            Inverted { total: Total::Count, arg: None },
-            Inverted { total: Total::Sum, arg: Some(v.clone()) },
-            Inverted { total: Total::Avg, arg: Some(v.clone()) },
+            Inverted {
+                total: Total::Count,
+                arg: None,
+            },
+            Inverted {
+                total: Total::Sum,
+                arg: Some(v.clone()),
+            },
+            Inverted {
+                total: Total::Avg,
+                arg: Some(v.clone()),
+            },
         ])
     };
     let op = totals();
     assert!(op.explain().contains("running totals per group"));
     let mut h = Harness::new(Box::new(op), input_of(&plan));
     assert_eq!(h.push(0, "+ 1 10\n+ 1 20\n+ 1 .").await, ["+ 1 3 30 15.0"]);
-    assert_eq!(h.push(0, "- 1 10").await, ["+ 1 2 20 20.0", "- 1 3 30 15.0"]);
+    assert_eq!(
+        h.push(0, "- 1 10").await,
+        ["+ 1 2 20 20.0", "- 1 3 30 15.0"]
+    );
     assert_eq!(h.state(), [(TOTALS, 1)]);
     h.restart(Box::new(totals()));
     assert_eq!(h.push(0, "- 1 .").await, ["+ 1 1 20 20.0", "- 1 2 20 20.0"]);
@@ -164,9 +192,15 @@ fn windowed(plan: &LogicalPlan, emit_on_close: bool) -> GroupBy {
 
 #[tokio::test]
 async fn windows_close_with_the_watermark_and_late_rows_are_dropped() {
-    let plan = aggregate("SELECT ts, count(*) FROM t GROUP BY ts", &[("ts", ts()), ("v", I)]).await;
+    let plan = aggregate(
+        "SELECT ts, count(*) FROM t GROUP BY ts",
+        &[("ts", ts()), ("v", I)],
+    )
+    .await;
     let op = windowed(&plan, false);
-    assert!(op.explain().ends_with("; frees a window when the watermark closes it)"));
+    assert!(op
+        .explain()
+        .ends_with("; frees a window when the watermark closes it)"));
     let mut h = Harness::new(Box::new(op), input_of(&plan));
     assert_eq!(h.push(0, "+ 100\n+ 200").await, ["+ 100 1", "+ 200 1"]);
     assert_eq!(h.watermark(&[Some(150)]).await, Vec::<String>::new());
@@ -174,7 +208,10 @@ async fn windows_close_with_the_watermark_and_late_rows_are_dropped() {
     assert_eq!(h.take_late(), ["+ 100"]);
     assert_eq!(h.push(0, "+ 200").await, ["+ 200 2", "- 200 1"]);
     // Window 100 is gone; 200 keeps its row, the slots their bound.
-    assert_eq!(h.state(), [(INPUT[0], 1), (OUTPUT, 1), (SLOTS, 2), (SIZES, 1)]);
+    assert_eq!(
+        h.state(),
+        [(INPUT[0], 1), (OUTPUT, 1), (SLOTS, 2), (SIZES, 1)]
+    );
     h.restart(Box::new(windowed(&plan, false)));
     assert_eq!(h.push(0, "+ 120").await, Vec::<String>::new(), "still late");
     assert_eq!(h.take_late(), ["+ 120"]);
@@ -184,13 +221,23 @@ async fn windows_close_with_the_watermark_and_late_rows_are_dropped() {
 
 #[tokio::test]
 async fn emit_on_window_close_emits_each_window_once() {
-    let plan = aggregate("SELECT ts, count(*) FROM t GROUP BY ts", &[("ts", ts()), ("v", I)]).await;
+    let plan = aggregate(
+        "SELECT ts, count(*) FROM t GROUP BY ts",
+        &[("ts", ts()), ("v", I)],
+    )
+    .await;
     let op = windowed(&plan, true).with_merge(vec![Merge::Sum]);
-    assert!(op.explain().contains("emits each window's row when the watermark closes it"));
+    assert!(op
+        .explain()
+        .contains("emits each window's row when the watermark closes it"));
     let mut h = Harness::new(Box::new(op), input_of(&plan));
     assert_eq!(h.push(0, "+ 100\n+ 100\n+ 200").await, Vec::<String>::new());
     assert_eq!(h.watermark(&[Some(150)]).await, ["+ 100 2"]);
-    assert_eq!(h.watermark(&[Some(150)]).await, Vec::<String>::new(), "once");
+    assert_eq!(
+        h.watermark(&[Some(150)]).await,
+        Vec::<String>::new(),
+        "once"
+    );
     h.restart(Box::new(windowed(&plan, true).with_merge(vec![Merge::Sum])));
     assert_eq!(h.push(0, "+ 200").await, Vec::<String>::new());
     assert_eq!(h.watermark(&[Some(201)]).await, ["+ 200 2"]);
@@ -200,7 +247,11 @@ async fn emit_on_window_close_emits_each_window_once() {
 #[tokio::test]
 async fn totals_are_not_kept_for_a_window() {
     // Running totals and the slots share a side byte: never both.
-    let plan = aggregate("SELECT ts, count(*) FROM t GROUP BY ts", &[("ts", ts()), ("v", I)]).await;
+    let plan = aggregate(
+        "SELECT ts, count(*) FROM t GROUP BY ts",
+        &[("ts", ts()), ("v", I)],
+    )
+    .await;
     let op = windowed(&plan, false).with_totals(vec![Inverted {
         total: Total::Count,
         arg: None,

@@ -98,9 +98,10 @@ impl IntervalJoin {
                 // New rows that may expire later: keep the smallest.
                 let values = micros_of(batch.column(e.column))?;
                 keep_smallest(&mut expiring.slots.smallest[slot], &values);
-                if let (Some(pass), Some(min)) =
-                    (expiring.passes[slot].as_mut(), values.iter().flatten().min())
-                {
+                if let (Some(pass), Some(min)) = (
+                    expiring.passes[slot].as_mut(),
+                    values.iter().flatten().min(),
+                ) {
                     pass.smallest = pass.smallest.min(*min);
                 }
             }
@@ -136,7 +137,8 @@ impl Operator for IntervalJoin {
         let n = self.expiries.len();
         expiring.slots.loaded(n, prefix, ctx)?;
         expiring.passes.resize_with(n, || None);
-        let bounds: Vec<(usize, &Bound)> = self.expiries.iter().map(|e| (e.other, &e.bound)).collect();
+        let bounds: Vec<(usize, &Bound)> =
+            self.expiries.iter().map(|e| (e.other, &e.bound)).collect();
         if !expiring.slots.advance(watermarks, &bounds, prefix, ctx)? {
             return Ok(None);
         }

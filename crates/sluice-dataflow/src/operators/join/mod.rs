@@ -180,14 +180,12 @@ impl Join {
             // per window) is read whole: one scan, not a range read per
             // key. Rows outside the range meet nothing, and the join's
             // condition leaves them out.
-            Some(_) if self.parts.side_size(side, ctx, prefix)? <= affected.len() as i64 => {
-                self.parts
-                    .load_many(ctx, prefix, PartitionedState::side(side), affected, 0)
-            }
-            Some(range) => {
-                self.parts
-                    .load_in_range(ctx, prefix, side, range, &changes.batch, keys)
-            }
+            Some(_) if self.parts.side_size(side, ctx, prefix)? <= affected.len() as i64 => self
+                .parts
+                .load_many(ctx, prefix, PartitionedState::side(side), affected, 0),
+            Some(range) => self
+                .parts
+                .load_in_range(ctx, prefix, side, range, &changes.batch, keys),
             None => self.parts.load_many(
                 ctx,
                 prefix,
@@ -310,3 +308,6 @@ impl Join {
         ChangeBatch::concat(self.plan.schema.clone(), &out)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -383,7 +383,11 @@ impl PartitionPlan {
 
     /// The change from `old` to `new` rows (`old` encoded, with
     /// multiplicity), and `new` encoded.
-    pub fn diff(&self, old: &[(Vec<u8>, i64)], new: &RecordBatch) -> Result<(ChangeBatch, Vec<Vec<u8>>)> {
+    pub fn diff(
+        &self,
+        old: &[(Vec<u8>, i64)],
+        new: &RecordBatch,
+    ) -> Result<(ChangeBatch, Vec<Vec<u8>>)> {
         let new_rows = rows_of(&self.output_rows, new)?;
         let mut counts: HashMap<&[u8], i64> = HashMap::new();
         for (row, n) in old {
