@@ -2,8 +2,8 @@
 //! window functions (`lag`, a running `sum`, then `min`/`max` per session),
 //! which is right for an ad hoc query but would keep every row of a
 //! partition forever in a view. The builder recognizes that shape (by the
-//! subquery alias `__sluice_sessions_<gap in microseconds>` the parser
-//! gives it) and makes one [`Session`] operator of it instead, which frees
+//! subquery alias [`sluice_sql::windows::session_alias`] the parser gives
+//! it) and makes one [`Session`] operator of it instead, which frees
 //! sessions the watermark closes; [`bounds`] tells the planner that its
 //! `window_end` is bounded by the watermark, so a GROUP BY over sessions
 //! closes (and can `EMIT ON WINDOW CLOSE`).
@@ -19,8 +19,6 @@ use sluice_dataflow::Node;
 
 use crate::event_time::Bounds;
 use crate::plan::Builder;
-
-const ALIAS: &str = "__sluice_sessions_";
 
 /// One output column of a recognized session projection.
 #[derive(Debug, Clone)]
@@ -55,7 +53,7 @@ pub(crate) fn session_of(p: &Projection) -> Option<SessionShape<'_>> {
     let LogicalPlan::SubqueryAlias(alias) = outer.input.as_ref() else {
         return None;
     };
-    let gap: i64 = alias.alias.table().strip_prefix(ALIAS)?.parse().ok()?;
+    let gap = sluice_sql::windows::session_gap_of_alias(alias.alias.table())?;
     // Down to the window that computes lag(ts): its input is the source.
     let mut node = alias.input.as_ref();
     let (lag, source) = loop {

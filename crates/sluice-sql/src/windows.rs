@@ -294,7 +294,8 @@ fn rewrite(factor: &mut TableFactor, partition: &[String]) -> Result<()> {
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __sluice_session \
                        FROM (SELECT *, CASE WHEN {ts} - lag({ts}) OVER ({by}ORDER BY {ts}) < {gap} \
                                        THEN 0 ELSE 1 END AS __sluice_new \
-                             FROM {source}) AS __sluice_gaps) AS __sluice_sessions_{gap_micros}"
+                             FROM {source}) AS __sluice_gaps) AS {alias}",
+                alias = session_alias(gap_micros)
             )
         }
     };
@@ -319,8 +320,34 @@ fn rewrite(factor: &mut TableFactor, partition: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The subquery alias the rewrite of `SESSION(src, ts, gap)` gets: how the
+/// planner recognizes the shape and reads the gap back
+/// ([`session_gap_of_alias`]). The two are the only place that knows it.
+pub fn session_alias(gap_micros: i64) -> String {
+    format!("{SESSION_ALIAS}{gap_micros}")
+}
+
+/// The gap (microseconds) of a [`session_alias`], or `None` for any other
+/// alias.
+pub fn session_gap_of_alias(alias: &str) -> Option<i64> {
+    alias.strip_prefix(SESSION_ALIAS)?.parse().ok()
+}
+
+const SESSION_ALIAS: &str = "__sluice_sessions_";
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_session_alias_gives_back_its_gap() {
+        assert_eq!(session_gap_of_alias(&session_alias(-7)), Some(-7));
+        assert_eq!(
+            session_gap_of_alias(&session_alias(60_000_000)),
+            Some(60_000_000)
+        );
+        assert_eq!(session_gap_of_alias("__sluice_gaps"), None);
+        assert_eq!(session_gap_of_alias("__sluice_sessions_x"), None);
+    }
+
     use super::*;
 
     fn rewritten(sql: &str) -> String {
