@@ -42,6 +42,16 @@ pub struct Builder<'a> {
     pub temporal: Vec<crate::temporal::AsOf>,
 }
 
+/// The kind of a join that is not temporal.
+enum JoinKind {
+    /// A stream (input 0 or 1) with a table.
+    Lookup(usize),
+    /// Its state freed by the watermark.
+    Interval(Vec<sluice_dataflow::operators::Expiry>),
+    /// Both sides kept.
+    Regular,
+}
+
 fn unsupported(what: impl Into<String>, hint: &str) -> SluiceError {
     SluiceError::not_supported(what, Some(hint))
 }
@@ -119,377 +129,17 @@ impl<'a> Builder<'a> {
     pub fn build(&mut self, plan: &LogicalPlan) -> Result<Node> {
         let out_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         match plan {
-            LogicalPlan::TableScan(scan) => {
-                let name = scan.table_name.table().to_owned();
-                let relation = match (scan.table_name.schema(), self.catalog.get(&name)?) {
-                    (None | Some("public"), Some(r)) if r.kind() != RelationKind::Sink => r,
-                    _ => {
-                        return Err(unsupported(
-                            format!("a materialized view over \"{}\"", scan.table_name),
-                            "views read streams, tables and other materialized views",
-                        ))
-                    }
-                };
-                if !self.depends_on.contains(&name) {
-                    self.depends_on.push(name.clone());
-                }
-                let source = Node::Source {
-                    relation: relation.entry().id,
-                    kind: relation.kind().to_string(),
-                    name: name.clone(),
-                    schema: relation.schema(),
-                };
-                let source_schema = relation.schema();
-                let projection: Option<Vec<Arc<dyn PhysicalExpr>>> =
-                    scan.projection.as_ref().map(|indices| {
-                        indices
-                            .iter()
-                            .map(|&i| {
-                                Arc::new(PhysicalColumn::new(source_schema.field(i).name(), i))
-                                    as Arc<dyn PhysicalExpr>
-                            })
-                            .collect()
-                    });
-                let filter = match scan.filters.as_slice() {
-                    [] => None,
-                    filters => {
-                        let all = filters
-                            .iter()
-                            .cloned()
-                            .reduce(Expr::and)
-                            .ok_or_else(|| SluiceError::internal("no filter"))?;
-                        let full = datafusion::common::DFSchema::try_from_qualified_schema(
-                            scan.table_name.clone(),
-                            &source_schema,
-                        )?;
-                        Some(self.physical(&all, &Arc::new(full))?)
-                    }
-                };
-                if projection.is_none() && filter.is_none() {
-                    return Ok(source);
-                }
-                let map = Map::new(filter, projection, out_schema, format!("Scan: {name}"));
-                Ok(self.op(Box::new(map), vec![source]))
-            }
-            LogicalPlan::Projection(p) => {
-                if let Some(session) = crate::session::session_of(p) {
-                    return self.session(plan, session);
-                }
-                let input = self.build(&p.input)?;
-                let exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| self.physical(e, p.input.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                let label = format!(
-                    "Project: {}",
-                    p.expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                Ok(self.op(
-                    Box::new(Map::new(None, Some(exprs), out_schema, label)),
-                    vec![input],
-                ))
-            }
-            LogicalPlan::Filter(f) => {
-                let input = self.build(&f.input)?;
-                let predicate = self.physical(&f.predicate, f.input.schema())?;
-                let label = format!("Filter: {}", f.predicate);
-                Ok(self.op(
-                    Box::new(Map::new(Some(predicate), None, out_schema, label)),
-                    vec![input],
-                ))
-            }
-            LogicalPlan::SubqueryAlias(a) => {
-                let input = self.build(&a.input)?;
-                let label = format!("Alias: {}", a.alias);
-                Ok(self.op(
-                    Box::new(Map::new(None, None, out_schema, label)),
-                    vec![input],
-                ))
-            }
-            LogicalPlan::Sort(s) if s.fetch.is_none() => {
-                // A view has no order; ORDER BY without LIMIT changes nothing.
-                let input = self.build(&s.input)?;
-                let label = "Sort (ignored: views are unordered)".to_owned();
-                Ok(self.op(
-                    Box::new(Map::new(None, None, out_schema, label)),
-                    vec![input],
-                ))
-            }
-            LogicalPlan::Union(u) => {
-                let inputs = u
-                    .inputs
-                    .iter()
-                    .map(|i| self.build(i))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(self.op(Box::new(Union::new(out_schema)), inputs))
-            }
-            LogicalPlan::Aggregate(a) => {
-                if let Some(rewritten) = crate::event_time::report_event_time(self.catalog, a)? {
-                    return self.build(&rewritten);
-                }
-                if a.group_expr
-                    .iter()
-                    .any(|e| matches!(e, Expr::GroupingSet(_)))
-                {
-                    return Err(unsupported(
-                        "GROUPING SETS, CUBE and ROLLUP in a materialized view",
-                        "use one GROUP BY per view and UNION ALL them",
-                    ));
-                }
-                let input = self.build(&a.input)?;
-                let keys = a
-                    .group_expr
-                    .iter()
-                    .map(|e| self.physical(e, a.input.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                let label = format!(
-                    "GroupBy: [{}] aggregates [{}]",
-                    a.group_expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    a.aggr_expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let mut op = GroupBy::try_new(
-                    plan.clone(),
-                    PartitionedInput {
-                        df_schema: a.input.schema().clone(),
-                        keys,
-                    },
-                    label,
-                )?;
-                if self.append_only(&a.input) {
-                    if let Some(merge) = mergeable(&a.aggr_expr) {
-                        op = op.with_merge(merge);
-                    }
-                }
-                let mut group_bounds = bounds(self.catalog, plan)?;
-                group_bounds.truncate(a.group_expr.len());
-                let columns = bounded_columns(self.ctx, &group_bounds)?;
-                if !columns.is_empty() {
-                    self.windows += 1;
-                    let event_time = bounds(self.catalog, &a.input)?
-                        .iter()
-                        .position(|b| b.as_ref().is_some_and(|b| b.identity));
-                    op = op.with_window(WindowClose {
-                        columns,
-                        emit_on_close: self.emit_on_window_close,
-                        event_time,
-                    });
-                } else if !self.append_only(&a.input) {
-                    if let Some(inverted) = self.invertible(&a.aggr_expr, a.input.schema())? {
-                        op = op.with_totals(inverted);
-                    }
-                }
-                Ok(self.op(Box::new(op), vec![input]))
-            }
-            LogicalPlan::Join(j) => {
-                let versioned = crate::temporal::qualifier_of(&j.right)
-                    .and_then(|q| self.temporal.iter().position(|t| t.qualifier == q));
-                if let Some(at) = versioned {
-                    return self.temporal_join(plan, j, at);
-                }
-                let left_stream = self.append_only(&j.left);
-                let right_stream = self.append_only(&j.right);
-                // An interval (or window) join when the condition bounds
-                // both sides by event time.
-                let mut bounded = (left_stream || right_stream).then(|| self.interval_join(j));
-                let mut interval = None;
-                let lookup =
-                    match (left_stream, right_stream, j.join_type) {
-                        // Two streams: an interval join when bounded; with no
-                        // condition beyond equal keys, a regular join keeping
-                        // both sides; a time condition that bounds only one
-                        // side is refused.
-                        (true, true, _) => {
-                            match bounded.take() {
-                                Some(Ok(expiries)) => interval = Some(expiries),
-                                Some(Err(e)) if j.filter.is_some() => return Err(e),
-                                _ => {}
-                            }
-                            None
-                        }
-                        // A stream and a view bounded by the same event times
-                        // (q7: the bids of a window with the window's
-                        // maximum): a regular join whose state the watermark
-                        // frees, so later changes of the view revise it.
-                        (true, false, _) | (false, true, _)
-                            if j.filter.is_some() && matches!(bounded, Some(Ok(_))) =>
-                        {
-                            interval = bounded.take().and_then(Result::ok);
-                            None
-                        }
-                        (true, false, JoinType::Inner | JoinType::Left) => Some(0),
-                        (false, true, JoinType::Inner | JoinType::Right) => Some(1),
-                        (true, false, _) | (false, true, _) => return Err(unsupported(
-                            format!(
-                                "{} JOIN of a stream with a table",
-                                j.join_type.to_string().to_uppercase()
-                            ),
-                            "a stream joins a table as a lookup: use JOIN or LEFT JOIN with the \
-                             stream on the left",
-                        )),
-                        // Two views whose rows the watermark closes on both
-                        // sides (a join of windows): their state is freed
-                        // like an interval join's.
-                        (false, false, _) => {
-                            interval = self.closed_join(j)?;
-                            None
-                        }
-                    };
-                // Keys that the watermark bounds lead, so that what it
-                // frees is a range of keys.
-                let on = match &interval {
-                    Some(_) => self.bounded_first(j)?,
-                    None => j.on.iter().collect(),
-                };
-                let left = self.build(&j.left)?;
-                let right = self.build(&j.right)?;
-                let left_keys = on
-                    .iter()
-                    .map(|(l, _)| self.physical(l, j.left.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                let right_keys = on
-                    .iter()
-                    .map(|(_, r)| self.physical(r, j.right.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                let kind = if lookup.is_some() {
-                    "LookupJoin"
-                } else if interval.is_some() {
-                    "IntervalJoin"
-                } else {
-                    "Join"
-                };
-                let label = format!(
-                    "{kind} {}: on [{}]{}",
-                    j.join_type,
-                    on.iter()
-                        .map(|(l, r)| format!("{l} = {r}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    j.filter
-                        .as_ref()
-                        .map(|f| format!(" filter {f}"))
-                        .unwrap_or_default()
-                );
-                let left_input = PartitionedInput {
-                    df_schema: j.left.schema().clone(),
-                    keys: left_keys,
-                };
-                let right_input = PartitionedInput {
-                    df_schema: j.right.schema().clone(),
-                    keys: right_keys,
-                };
-                let op: Box<dyn sluice_dataflow::Operator> = match (lookup, interval) {
-                    (Some(stream), _) => Box::new(LookupJoin::try_new(
-                        plan.clone(),
-                        left_input,
-                        right_input,
-                        stream,
-                        label,
-                    )?),
-                    (None, Some(expiries)) => Box::new(IntervalJoin::new(
-                        Join::try_new(plan.clone(), left_input, right_input, label)?,
-                        expiries,
-                    )),
-                    (None, None) => {
-                        Box::new(Join::try_new(plan.clone(), left_input, right_input, label)?)
-                    }
-                };
-                Ok(self.op(op, vec![left, right]))
-            }
-            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
-                let child = plan.inputs()[0];
-                if self.append_only(child) {
-                    return Err(unsupported(
-                        "ORDER BY ... LIMIT over a stream",
-                        "aggregate the stream first (GROUP BY), then take the top N of the result",
-                    ));
-                }
-                let input = self.build(child)?;
-                let label = format!("TopN: {}", plan.display());
-                let op = TopN::try_new(plan.clone(), child.schema().clone(), label)?;
-                Ok(self.op(Box::new(op), vec![input]))
-            }
-            LogicalPlan::Window(w) => {
-                let partition_by = window_partition(&w.window_expr);
-                let input = self.build(&w.input)?;
-                let keys = partition_by
-                    .iter()
-                    .map(|e| self.physical(e, w.input.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                let label = format!(
-                    "Window: [{}] partitioned by [{}]",
-                    w.window_expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    partition_by
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let op = WindowFunction::try_new(
-                    plan.clone(),
-                    PartitionedInput {
-                        df_schema: w.input.schema().clone(),
-                        keys,
-                    },
-                    label,
-                )?;
-                Ok(self.op(Box::new(op), vec![input]))
-            }
-            LogicalPlan::Unnest(u) => {
-                let list = match (u.list_type_columns.as_slice(), u.struct_type_columns.is_empty()) {
-                    ([(list, unnest)], true) if unnest.depth == 1 => *list,
-                    _ => {
-                        return Err(unsupported(
-                            "unnesting several columns, a struct or a nested list in a materialized view",
-                            "unnest one list column per SELECT",
-                        ))
-                    }
-                };
-                let input = self.build(&u.input)?;
-                let label = format!(
-                    "Unnest: {}",
-                    u.exec_columns
-                        .iter()
-                        .map(|c| c.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let preserve_nulls = match u.options.null_handling {
-                    datafusion::common::NullHandling::Drop => false,
-                    datafusion::common::NullHandling::Preserve => true,
-                    datafusion::common::NullHandling::PreserveAndExpandEmpty => {
-                        return Err(unsupported(
-                            "unnest expanding empty lists in a materialized view",
-                            "leave the unnest options at their defaults",
-                        ))
-                    }
-                };
-                let op = sluice_dataflow::operators::Unnest::try_new(
-                    &input.schema(),
-                    list,
-                    u.dependency_indices.clone(),
-                    preserve_nulls,
-                    out_schema,
-                    label,
-                )?;
-                Ok(self.op(Box::new(op), vec![input]))
-            }
+            LogicalPlan::TableScan(scan) => self.table_scan(scan, out_schema),
+            LogicalPlan::Projection(p) => self.projection(plan, p, out_schema),
+            LogicalPlan::Filter(f) => self.filter(f, out_schema),
+            LogicalPlan::SubqueryAlias(a) => self.alias(a, out_schema),
+            LogicalPlan::Sort(s) if s.fetch.is_none() => self.unordered_sort(s, out_schema),
+            LogicalPlan::Union(u) => self.union(u, out_schema),
+            LogicalPlan::Aggregate(a) => self.aggregate(plan, a),
+            LogicalPlan::Join(j) => self.join(plan, j),
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => self.top_n(plan),
+            LogicalPlan::Window(w) => self.window(plan, w),
+            LogicalPlan::Unnest(u) => self.unnest(u, out_schema),
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(unsupported(
                 "a materialized view over constant rows",
                 "a view reads streams, tables or other views; SELECT constants directly",
@@ -500,6 +150,447 @@ impl<'a> Builder<'a> {
                  ORDER BY ... LIMIT and window functions over streams, tables and views",
             )),
         }
+    }
+}
+
+impl Builder<'_> {
+    /// A base relation, with the scan's projection and filters as a `Map` over it.
+    fn table_scan(
+        &mut self,
+        scan: &datafusion::logical_expr::TableScan,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        let name = scan.table_name.table().to_owned();
+        let relation = match (scan.table_name.schema(), self.catalog.get(&name)?) {
+            (None | Some("public"), Some(r)) if r.kind() != RelationKind::Sink => r,
+            _ => {
+                return Err(unsupported(
+                    format!("a materialized view over \"{}\"", scan.table_name),
+                    "views read streams, tables and other materialized views",
+                ))
+            }
+        };
+        if !self.depends_on.contains(&name) {
+            self.depends_on.push(name.clone());
+        }
+        let source = Node::Source {
+            relation: relation.entry().id,
+            kind: relation.kind().to_string(),
+            name: name.clone(),
+            schema: relation.schema(),
+        };
+        let source_schema = relation.schema();
+        let projection: Option<Vec<Arc<dyn PhysicalExpr>>> =
+            scan.projection.as_ref().map(|indices| {
+                indices
+                    .iter()
+                    .map(|&i| {
+                        Arc::new(PhysicalColumn::new(source_schema.field(i).name(), i))
+                            as Arc<dyn PhysicalExpr>
+                    })
+                    .collect()
+            });
+        let filter = match scan.filters.as_slice() {
+            [] => None,
+            filters => {
+                let all = filters
+                    .iter()
+                    .cloned()
+                    .reduce(Expr::and)
+                    .ok_or_else(|| SluiceError::internal("no filter"))?;
+                let full = datafusion::common::DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &source_schema,
+                )?;
+                Some(self.physical(&all, &Arc::new(full))?)
+            }
+        };
+        if projection.is_none() && filter.is_none() {
+            return Ok(source);
+        }
+        let map = Map::new(filter, projection, out_schema, format!("Scan: {name}"));
+        Ok(self.op(Box::new(map), vec![source]))
+    }
+
+    /// A projection: a `Map`, or a `Session` for the shape `SESSION` is written as.
+    fn projection(
+        &mut self,
+        plan: &LogicalPlan,
+        p: &datafusion::logical_expr::Projection,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        if let Some(session) = crate::session::session_of(p) {
+            return self.session(plan, session);
+        }
+        let input = self.build(&p.input)?;
+        let exprs = p
+            .expr
+            .iter()
+            .map(|e| self.physical(e, p.input.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let label = format!(
+            "Project: {}",
+            p.expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(self.op(
+            Box::new(Map::new(None, Some(exprs), out_schema, label)),
+            vec![input],
+        ))
+    }
+
+    /// A filter: a `Map`.
+    fn filter(
+        &mut self,
+        f: &datafusion::logical_expr::Filter,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        let input = self.build(&f.input)?;
+        let predicate = self.physical(&f.predicate, f.input.schema())?;
+        let label = format!("Filter: {}", f.predicate);
+        Ok(self.op(
+            Box::new(Map::new(Some(predicate), None, out_schema, label)),
+            vec![input],
+        ))
+    }
+
+    /// An alias: a `Map` that renames.
+    fn alias(
+        &mut self,
+        a: &datafusion::logical_expr::SubqueryAlias,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        let input = self.build(&a.input)?;
+        let label = format!("Alias: {}", a.alias);
+        Ok(self.op(
+            Box::new(Map::new(None, None, out_schema, label)),
+            vec![input],
+        ))
+    }
+
+    /// ORDER BY without LIMIT: views are unordered, so a `Map` that changes nothing.
+    fn unordered_sort(
+        &mut self,
+        s: &datafusion::logical_expr::Sort,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        // A view has no order; ORDER BY without LIMIT changes nothing.
+        let input = self.build(&s.input)?;
+        let label = "Sort (ignored: views are unordered)".to_owned();
+        Ok(self.op(
+            Box::new(Map::new(None, None, out_schema, label)),
+            vec![input],
+        ))
+    }
+
+    /// UNION ALL: a `Union`.
+    fn union(
+        &mut self,
+        u: &datafusion::logical_expr::Union,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        let inputs = u
+            .inputs
+            .iter()
+            .map(|i| self.build(i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.op(Box::new(Union::new(out_schema)), inputs))
+    }
+
+    /// GROUP BY: a `GroupBy`, with the strategy its aggregates and input allow and the windows the watermark closes.
+    fn aggregate(
+        &mut self,
+        plan: &LogicalPlan,
+        a: &datafusion::logical_expr::Aggregate,
+    ) -> Result<Node> {
+        if let Some(rewritten) = crate::event_time::report_event_time(self.catalog, a)? {
+            return self.build(&rewritten);
+        }
+        if a.group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(unsupported(
+                "GROUPING SETS, CUBE and ROLLUP in a materialized view",
+                "use one GROUP BY per view and UNION ALL them",
+            ));
+        }
+        let input = self.build(&a.input)?;
+        let keys = a
+            .group_expr
+            .iter()
+            .map(|e| self.physical(e, a.input.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let label = format!(
+            "GroupBy: [{}] aggregates [{}]",
+            a.group_expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.aggr_expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut op = GroupBy::try_new(
+            plan.clone(),
+            PartitionedInput {
+                df_schema: a.input.schema().clone(),
+                keys,
+            },
+            label,
+        )?;
+        if self.append_only(&a.input) {
+            if let Some(merge) = mergeable(&a.aggr_expr) {
+                op = op.with_merge(merge);
+            }
+        }
+        let mut group_bounds = bounds(self.catalog, plan)?;
+        group_bounds.truncate(a.group_expr.len());
+        let columns = bounded_columns(self.ctx, &group_bounds)?;
+        if !columns.is_empty() {
+            self.windows += 1;
+            let event_time = bounds(self.catalog, &a.input)?
+                .iter()
+                .position(|b| b.as_ref().is_some_and(|b| b.identity));
+            op = op.with_window(WindowClose {
+                columns,
+                emit_on_close: self.emit_on_window_close,
+                event_time,
+            });
+        } else if !self.append_only(&a.input) {
+            if let Some(inverted) = self.invertible(&a.aggr_expr, a.input.schema())? {
+                op = op.with_totals(inverted);
+            }
+        }
+        Ok(self.op(Box::new(op), vec![input]))
+    }
+
+    /// A join: temporal, lookup, interval or regular, by what its sides are.
+    fn join(&mut self, plan: &LogicalPlan, j: &datafusion::logical_expr::Join) -> Result<Node> {
+        let versioned = crate::temporal::qualifier_of(&j.right)
+            .and_then(|q| self.temporal.iter().position(|t| t.qualifier == q));
+        if let Some(at) = versioned {
+            return self.temporal_join(plan, j, at);
+        }
+        let kind = self.join_kind(j)?;
+        // Keys that the watermark bounds lead, so that what it
+        // frees is a range of keys.
+        let on = match &kind {
+            JoinKind::Interval(_) => self.bounded_first(j)?,
+            _ => j.on.iter().collect(),
+        };
+        let left = self.build(&j.left)?;
+        let right = self.build(&j.right)?;
+        let left_keys = on
+            .iter()
+            .map(|(l, _)| self.physical(l, j.left.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let right_keys = on
+            .iter()
+            .map(|(_, r)| self.physical(r, j.right.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let name = match kind {
+            JoinKind::Lookup(_) => "LookupJoin",
+            JoinKind::Interval(_) => "IntervalJoin",
+            JoinKind::Regular => "Join",
+        };
+        let label = format!(
+            "{name} {}: on [{}]{}",
+            j.join_type,
+            on.iter()
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            j.filter
+                .as_ref()
+                .map(|f| format!(" filter {f}"))
+                .unwrap_or_default()
+        );
+        let left_input = PartitionedInput {
+            df_schema: j.left.schema().clone(),
+            keys: left_keys,
+        };
+        let right_input = PartitionedInput {
+            df_schema: j.right.schema().clone(),
+            keys: right_keys,
+        };
+        let op: Box<dyn sluice_dataflow::Operator> = match kind {
+            JoinKind::Lookup(stream) => Box::new(LookupJoin::try_new(
+                plan.clone(),
+                left_input,
+                right_input,
+                stream,
+                label,
+            )?),
+            JoinKind::Interval(expiries) => Box::new(IntervalJoin::new(
+                Join::try_new(plan.clone(), left_input, right_input, label)?,
+                expiries,
+            )),
+            JoinKind::Regular => {
+                Box::new(Join::try_new(plan.clone(), left_input, right_input, label)?)
+            }
+        };
+        Ok(self.op(op, vec![left, right]))
+    }
+
+    /// Which join `j` is, by what its sides are: a lookup (a stream with a
+    /// table), an interval join (the watermark bounds both sides' rows), or
+    /// a regular join; refused when a stream would keep growing state.
+    fn join_kind(&self, j: &datafusion::logical_expr::Join) -> Result<JoinKind> {
+        let left_stream = self.append_only(&j.left);
+        let right_stream = self.append_only(&j.right);
+        // An interval (or window) join when the condition bounds
+        // both sides by event time.
+        let mut bounded = (left_stream || right_stream).then(|| self.interval_join(j));
+        let mut interval = None;
+        let lookup = match (left_stream, right_stream, j.join_type) {
+            // Two streams: an interval join when bounded; with no
+            // condition beyond equal keys, a regular join keeping
+            // both sides; a time condition that bounds only one
+            // side is refused.
+            (true, true, _) => {
+                match bounded.take() {
+                    Some(Ok(expiries)) => interval = Some(expiries),
+                    Some(Err(e)) if j.filter.is_some() => return Err(e),
+                    _ => {}
+                }
+                None
+            }
+            // A stream and a view bounded by the same event times
+            // (q7: the bids of a window with the window's
+            // maximum): a regular join whose state the watermark
+            // frees, so later changes of the view revise it.
+            (true, false, _) | (false, true, _)
+                if j.filter.is_some() && matches!(bounded, Some(Ok(_))) =>
+            {
+                interval = bounded.take().and_then(Result::ok);
+                None
+            }
+            (true, false, JoinType::Inner | JoinType::Left) => Some(0),
+            (false, true, JoinType::Inner | JoinType::Right) => Some(1),
+            (true, false, _) | (false, true, _) => {
+                return Err(unsupported(
+                    format!(
+                        "{} JOIN of a stream with a table",
+                        j.join_type.to_string().to_uppercase()
+                    ),
+                    "a stream joins a table as a lookup: use JOIN or LEFT JOIN with the \
+                     stream on the left",
+                ))
+            }
+            // Two views whose rows the watermark closes on both
+            // sides (a join of windows): their state is freed
+            // like an interval join's.
+            (false, false, _) => {
+                interval = self.closed_join(j)?;
+                None
+            }
+        };
+        Ok(match (lookup, interval) {
+            (Some(stream), _) => JoinKind::Lookup(stream),
+            (None, Some(expiries)) => JoinKind::Interval(expiries),
+            (None, None) => JoinKind::Regular,
+        })
+    }
+
+    /// ORDER BY ... LIMIT: a `TopN`.
+    fn top_n(&mut self, plan: &LogicalPlan) -> Result<Node> {
+        let child = plan.inputs()[0];
+        if self.append_only(child) {
+            return Err(unsupported(
+                "ORDER BY ... LIMIT over a stream",
+                "aggregate the stream first (GROUP BY), then take the top N of the result",
+            ));
+        }
+        let input = self.build(child)?;
+        let label = format!("TopN: {}", plan.display());
+        let op = TopN::try_new(plan.clone(), child.schema().clone(), label)?;
+        Ok(self.op(Box::new(op), vec![input]))
+    }
+
+    /// Window functions: a `WindowFunction` partitioned by their shared PARTITION BY.
+    fn window(&mut self, plan: &LogicalPlan, w: &datafusion::logical_expr::Window) -> Result<Node> {
+        let partition_by = window_partition(&w.window_expr);
+        let input = self.build(&w.input)?;
+        let keys = partition_by
+            .iter()
+            .map(|e| self.physical(e, w.input.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let label = format!(
+            "Window: [{}] partitioned by [{}]",
+            w.window_expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            partition_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let op = WindowFunction::try_new(
+            plan.clone(),
+            PartitionedInput {
+                df_schema: w.input.schema().clone(),
+                keys,
+            },
+            label,
+        )?;
+        Ok(self.op(Box::new(op), vec![input]))
+    }
+
+    /// unnest of one list column: an `Unnest`.
+    fn unnest(
+        &mut self,
+        u: &datafusion::logical_expr::Unnest,
+        out_schema: SchemaRef,
+    ) -> Result<Node> {
+        let list =
+            match (
+                u.list_type_columns.as_slice(),
+                u.struct_type_columns.is_empty(),
+            ) {
+                ([(list, unnest)], true) if unnest.depth == 1 => *list,
+                _ => return Err(unsupported(
+                    "unnesting several columns, a struct or a nested list in a materialized view",
+                    "unnest one list column per SELECT",
+                )),
+            };
+        let input = self.build(&u.input)?;
+        let label = format!(
+            "Unnest: {}",
+            u.exec_columns
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let preserve_nulls = match u.options.null_handling {
+            datafusion::common::NullHandling::Drop => false,
+            datafusion::common::NullHandling::Preserve => true,
+            datafusion::common::NullHandling::PreserveAndExpandEmpty => {
+                return Err(unsupported(
+                    "unnest expanding empty lists in a materialized view",
+                    "leave the unnest options at their defaults",
+                ))
+            }
+        };
+        let op = sluice_dataflow::operators::Unnest::try_new(
+            &input.schema(),
+            list,
+            u.dependency_indices.clone(),
+            preserve_nulls,
+            out_schema,
+            label,
+        )?;
+        Ok(self.op(Box::new(op), vec![input]))
     }
 }
 
