@@ -187,6 +187,16 @@ pub enum SluiceError {
         user: String,
     },
 
+    /// Other objects depend on the one being dropped.
+    #[error("cannot drop {kind} \"{name}\" because other objects depend on it")]
+    DependentObjects {
+        /// The kind of the object.
+        kind: ObjectKind,
+        /// Its name.
+        name: String,
+        /// What depends on it, and how to drop both.
+        hint: Option<String>,
+    },
     /// A materialized view stopped maintaining itself at an error (a row its
     /// query cannot compute, such as a division by zero).
     #[error("materialized view \"{name}\" stopped at an error: {reason}")]
@@ -204,18 +214,21 @@ pub enum SluiceError {
     /// The storage layer (RocksDB, the file system) failed.
     #[error("storage error: {0}")]
     Storage(String),
-
-    // ---- bugs in Sluice -----------------------------------------------------
-    /// Other objects depend on the one being dropped.
-    #[error("cannot drop {kind} \"{name}\" because other objects depend on it")]
-    DependentObjects {
-        /// The kind of the object.
-        kind: ObjectKind,
-        /// Its name.
-        name: String,
-        /// What depends on it, and how to drop both.
-        hint: Option<String>,
+    /// A system outside Sluice (Kafka, the network) failed. `message` says
+    /// what Sluice was doing; the system's own error is the `source`, shown
+    /// by [`SluiceError::report`], not by `Display`.
+    #[error("{system}: {message}")]
+    External {
+        /// The system: `kafka`, `network`.
+        system: &'static str,
+        /// What failed.
+        message: String,
+        /// The system's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+
+    // ---- bugs in Sluice, and what DataFusion did not say ---------------------
     /// An invariant broke: this is a bug in Sluice.
     #[error("internal error: {0} (this is a bug in Sluice, please report it)")]
     Internal(String),
@@ -259,7 +272,7 @@ impl SluiceError {
             SluiceError::Authentication { .. } => "28P01",
             SluiceError::DependentObjects { .. } => "2BP01",
             SluiceError::ViewFailed { .. } => "55000",
-            SluiceError::Storage(_) => "58030",
+            SluiceError::Storage(_) | SluiceError::External { .. } => "58030",
             SluiceError::Unreachable(_) => "58000",
             SluiceError::Internal(_) => "XX000",
             SluiceError::DataFusion(e) => datafusion_sqlstate(e),
@@ -288,6 +301,32 @@ impl SluiceError {
             what: what.into(),
             hint: hint.map(str::to_owned),
         }
+    }
+
+    /// Shorthand for [`SluiceError::External`] with its cause.
+    pub fn external(
+        system: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SluiceError::External {
+            system,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The error with its causes, `error: cause: cause`: what a client or
+    /// a log line is shown.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
     }
 
     /// Shorthand for [`SluiceError::Internal`].
@@ -504,6 +543,21 @@ fn lowercase_first(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_external_error_keeps_its_cause_apart() {
+        let cause = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let e = SluiceError::external("network", "cannot listen on 127.0.0.1:5432", cause);
+        assert_eq!(e.sqlstate(), "58030");
+        assert_eq!(e.to_string(), "network: cannot listen on 127.0.0.1:5432");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            e.report(),
+            "network: cannot listen on 127.0.0.1:5432: address in use"
+        );
+        let plain = SluiceError::internal("x");
+        assert_eq!(plain.report(), plain.to_string(), "no cause, nothing added");
+    }
 
     #[test]
     fn sluice_errors_survive_a_trip_through_datafusion() {

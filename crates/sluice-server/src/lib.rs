@@ -85,7 +85,7 @@ impl Server {
             .await?,
         );
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
-            SluiceError::Storage(format!("cannot listen on {}: {e}", config.listen))
+            SluiceError::external("network", format!("cannot listen on {}", config.listen), e)
         })?;
         let limits = limits::Limits {
             statement_timeout: Duration::from_millis(config.statement_timeout_ms),

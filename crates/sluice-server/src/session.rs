@@ -32,16 +32,16 @@ use crate::limits::{self, Limits};
 
 /// The error a client sees: severity, SQLSTATE, message, hint.
 pub fn error_info(e: &SluiceError) -> ErrorInfo {
-    let mut info = ErrorInfo::new("ERROR".to_owned(), e.sqlstate().to_owned(), e.to_string());
+    let mut info = ErrorInfo::new("ERROR".to_owned(), e.sqlstate().to_owned(), e.report());
     info.hint = e.hint().map(str::to_owned);
     info
 }
 
 fn to_pgwire(e: SluiceError) -> PgWireError {
     if e.sqlstate().starts_with("XX") || e.sqlstate().starts_with("58") {
-        tracing::error!(error = %e, "statement failed");
+        tracing::error!(error = %e.report(), "statement failed");
     } else {
-        tracing::debug!(error = %e, sqlstate = e.sqlstate(), "statement failed");
+        tracing::debug!(error = %e.report(), sqlstate = e.sqlstate(), "statement failed");
     }
     PgWireError::UserError(Box::new(error_info(&e)))
 }

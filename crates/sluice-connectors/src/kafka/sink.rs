@@ -490,7 +490,7 @@ fn producer(
     let config = client_config(&options.bootstrap_servers, &options.properties);
     config
         .create_with_context(Reporting::new(name, status))
-        .map_err(|e| SluiceError::Storage(format!("kafka: {e}")))
+        .map_err(|e| SluiceError::external("kafka", "cannot create the producer", e))
 }
 
 /// Whether the broker (or librdkafka) refuses this record for good, so
@@ -628,7 +628,7 @@ pub async fn run(
         match producer(&spec.options, &name, &status) {
             Ok(p) => break p,
             Err(e) => {
-                status.set_state(format!("retrying: {e}"));
+                status.set_state(format!("retrying: {}", e.report()));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -40,7 +40,7 @@ const MAX_BATCH: usize = 10_000;
 const LINGER: Duration = Duration::from_millis(20);
 
 fn kafka(e: rdkafka::error::KafkaError) -> SluiceError {
-    SluiceError::Storage(format!("kafka: {e}"))
+    SluiceError::external("kafka", "delivery failed", e)
 }
 
 /// The consumer of a source.
@@ -264,10 +264,11 @@ async fn read(
                                 // dead letters again: stop, and say why.
                                 let m = &messages[*i];
                                 let message = format!(
-                                    "failed: cannot write a dead letter to {topic} for topic {} partition {} offset {}: {e}",
+                                    "failed: cannot write a dead letter to {topic} for topic {} partition {} offset {}: {}",
                                     m.topic(),
                                     m.partition(),
-                                    m.offset()
+                                    m.offset(),
+                                    e.report()
                                 );
                                 tracing::error!(source = %relation.name(), %message, "kafka source stopped");
                                 status.set_state(message);
