@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use sluice_catalog::{Catalog, ConnectionEntry, Relation};
 use sluice_common::{Result, SluiceError};
 use sluice_sql::{CreateRelation, RelationKind};
-use tokio::task::JoinHandle;
 
 pub use connector::{registry, Connector, Context, OptionDoc};
 pub use kafka::options::{KafkaSink, KafkaSource};
@@ -34,12 +33,9 @@ pub use status::{sinks_table, sources_table, SourceStatus, StatusList};
 
 use connector::{Running, Use};
 
-/// Starts a sink's task on its inbox (what `Dataflow::load` and
-/// `Dataflow::create_sink` take).
-pub type SpawnSink = Box<
-    dyn FnOnce(sluice_dataflow::runtime::Inbox, sluice_dataflow::runtime::TaskEnv) -> JoinHandle<()>
-        + Send,
->;
+/// Starts a sink's task on its input (what `Dataflow::install_sink` and
+/// `Dataflow::resume_sink` take).
+pub use sluice_dataflow::SpawnSink;
 
 /// The running sources, and the status of every sink.
 #[derive(Debug)]

@@ -20,6 +20,8 @@ pub mod runtime;
 #[cfg(test)]
 pub(crate) mod testkit;
 
+pub use runtime::{Dataflow, DataflowOptions, SinkEvent, SinkInput, SpawnSink};
+
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
@@ -32,7 +34,7 @@ pub struct OpContext<'a> {
     /// The writer's transaction: state reads see its writes.
     pub txn: &'a mut StateTxn,
     /// DataFusion, for operators that evaluate plans over their state.
-    pub session: &'a SessionContext,
+    pub datafusion: &'a SessionContext,
     /// Where an operator puts the rows it dropped as late.
     pub late: &'a mut Vec<late::LateRows>,
 }

@@ -137,7 +137,7 @@ impl Harness {
             &self.prefix,
             OpContext {
                 txn: &mut self.txn,
-                session: &self.session,
+                datafusion: &self.session,
                 late: &mut self.late,
             },
         )

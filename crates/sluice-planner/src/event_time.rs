@@ -100,7 +100,7 @@ pub(crate) fn bounds(catalog: &Catalog, plan: &LogicalPlan) -> Result<Bounds> {
             out
         }
         LogicalPlan::Projection(p) => {
-            if let Some(session) = crate::session::session_of(p) {
+            if let Some(session) = crate::session_window::session_of(p) {
                 return session.bounds(catalog);
             }
             let input = bounds(catalog, &p.input)?;

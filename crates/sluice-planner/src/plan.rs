@@ -219,7 +219,7 @@ impl Builder<'_> {
         p: &datafusion::logical_expr::Projection,
         out_schema: SchemaRef,
     ) -> Result<Node> {
-        if let Some(session) = crate::session::session_of(p) {
+        if let Some(session) = crate::session_window::session_of(p) {
             return self.session(plan, session);
         }
         let input = self.build(&p.input)?;

@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use sluice_sql::windows::{CUMULATE_FUNCTION, HOP_FUNCTION};
 
-/// Registers both functions in `ctx` (a [`crate::Dataflow`] does so in its
+/// Registers both functions in `ctx` (a [`crate::Planner`] does so in its
 /// own; a context that runs the same SQL as a batch needs them too).
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(WindowList::new(Kind::Hop)));

@@ -21,8 +21,9 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sluice_catalog::{Catalog, SluiceSchema};
 use sluice_common::{Result, SluiceError};
 use sluice_connectors::{sinks_table, sources_table, Policy, Sources};
-use sluice_planner::{Dataflow, DataflowOptions};
-use sluice_sql::Statement;
+use sluice_dataflow::{Dataflow, DataflowOptions};
+use sluice_planner::Planner;
+use sluice_sql::{RelationKind, Statement};
 use sluice_state::StateBackend;
 
 use crate::handlers;
@@ -74,9 +75,48 @@ pub struct Prepared {
     pub plan: Option<LogicalPlan>,
 }
 
+/// After a restart: plans every stored view again and re-attaches every
+/// sink, in creation order (a view reads only older relations), then
+/// replays the changes no checkpoint covered.
+async fn resume(
+    catalog: &Catalog,
+    planner: &Planner,
+    dataflow: &Dataflow,
+    sources: &Sources,
+) -> Result<()> {
+    let mut relations = catalog.list(RelationKind::View)?;
+    relations.extend(catalog.list(RelationKind::Sink)?);
+    relations.sort_by_key(|r| r.entry().id);
+    for relation in relations {
+        if relation.failure().is_some() {
+            continue;
+        }
+        if relation.kind() == RelationKind::Sink {
+            let from = relation
+                .entry()
+                .depends_on
+                .first()
+                .and_then(|name| catalog.get(name).ok().flatten())
+                .ok_or_else(|| SluiceError::internal("a sink's input vanished"))?;
+            let spawn = sources.sink(
+                relation.name(),
+                &relation.entry().options,
+                relation.entry().primary_key.clone(),
+                from.kind(),
+            )?;
+            dataflow.resume_sink(relation, spawn).await?;
+        } else {
+            let root = planner.stored_view(&relation).await?;
+            dataflow.resume_view(relation, root)?;
+        }
+    }
+    dataflow.replay().await
+}
+
 /// Shared by every session of a server.
 pub struct Engine {
     catalog: Arc<Catalog>,
+    planner: Planner,
     dataflow: Arc<Dataflow>,
     sources: Arc<Sources>,
     ctx: SessionContext,
@@ -111,32 +151,17 @@ impl Engine {
         ctx.register_catalog(DATABASE, Arc::new(provider));
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| SluiceError::from(*e))?;
+        let planner = Planner::new(catalog.clone(), ctx.clone());
         let dataflow = Dataflow::new(catalog.clone(), ctx.clone(), options);
         schema.register_system_table("sluice_operators", dataflow.operators_table());
         schema.register_system_table("sluice_late_events", dataflow.late_events_table());
         schema.register_system_table("sluice_memory", dataflow.memory_table());
-        let sinks = sources.clone();
-        let lookup = catalog.clone();
-        dataflow
-            .load(&move |sink| {
-                let from = sink
-                    .entry()
-                    .depends_on
-                    .first()
-                    .and_then(|name| lookup.get(name).ok().flatten())
-                    .ok_or_else(|| SluiceError::internal("a sink's input vanished"))?;
-                sinks.sink(
-                    sink.name(),
-                    &sink.entry().options,
-                    sink.entry().primary_key.clone(),
-                    from.kind(),
-                )
-            })
-            .await?;
+        resume(&catalog, &planner, &dataflow, &sources).await?;
         catalog.set_listener(Some(dataflow.clone()))?;
         sources.start_all()?;
         Ok(Engine {
             catalog,
+            planner,
             dataflow,
             sources,
             ctx,
@@ -161,9 +186,14 @@ impl Engine {
         &self.catalog
     }
 
-    /// The maintained views.
+    /// The running views and sinks.
     pub fn dataflow(&self) -> &Arc<Dataflow> {
         &self.dataflow
+    }
+
+    /// Plans views.
+    pub fn planner(&self) -> &Planner {
+        &self.planner
     }
 
     /// The DataFusion context queries are planned in.

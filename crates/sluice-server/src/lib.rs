@@ -31,7 +31,8 @@ use tokio::sync::Semaphore;
 pub use auth::AuthSettings;
 pub use engine::{Engine, Output};
 pub use session::SessionService;
-pub use sluice_planner::{register_functions, DataflowOptions};
+pub use sluice_dataflow::DataflowOptions;
+pub use sluice_planner::register_functions;
 
 /// A bound, ready Sluice server.
 pub struct Server {

@@ -234,9 +234,8 @@ impl Connector for Kafka {
             registry,
         };
         let (name, task_status) = (name.to_owned(), status.clone());
-        let spawn: SpawnSink = Box::new(move |inbox, env| {
-            tokio::spawn(sink::run(spec, name, task_status, inbox, env))
-        });
+        let spawn: SpawnSink =
+            Box::new(move |input| tokio::spawn(sink::run(spec, name, task_status, input)));
         Ok((status, spawn))
     }
 }

@@ -24,7 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_common::{ChangeBatch, Result, SluiceError};
-use sluice_dataflow::runtime::{Inbox, Message, TaskEnv};
+use sluice_dataflow::{SinkEvent, SinkInput};
 
 use crate::avro::{avro_schema_for, AvroEncoder};
 use crate::kafka::client::{config as client_config, Reporting};
@@ -617,13 +617,7 @@ const MAX_BACKLOG_BYTES: usize = 256 << 20;
 /// checkpoints nor startup. A record the broker refuses for good (or a
 /// change that cannot be encoded) goes per `on_error`; a failed sink keeps
 /// acknowledging barriers.
-pub async fn run(
-    spec: SinkSpec,
-    name: String,
-    status: Arc<SourceStatus>,
-    mut inbox: Inbox,
-    env: TaskEnv,
-) {
+pub async fn run(spec: SinkSpec, name: String, status: Arc<SourceStatus>, mut input: SinkInput) {
     let producer = loop {
         match producer(&spec.options, &name, &status) {
             Ok(p) => break p,
@@ -639,9 +633,8 @@ pub async fn run(
         registry,
         encoder: None,
     });
-    let mut txn = env.txn();
-    let mut backlog_key = sluice_catalog::state_prefix(env.view);
-    backlog_key.extend_from_slice(b"sink-backlog");
+    let mut txn = input.txn();
+    let backlog_key = input.state_key(b"sink-backlog");
     let mut outbox = Outbox::default();
     // What the last checkpoint left undelivered goes first.
     let mut saved = false;
@@ -663,8 +656,7 @@ pub async fn run(
         Err(e) => tracing::error!(sink = %name, error = %e, "cannot read the sink's backlog"),
     }
     // A sink stopped by on_error = 'fail' stays stopped across restarts.
-    let mut failed_key = sluice_catalog::state_prefix(env.view);
-    failed_key.extend_from_slice(b"sink-failed");
+    let failed_key = input.state_key(b"sink-failed");
     let mut failed = false;
     if let Ok(found) = txn.multi_get(std::slice::from_ref(&failed_key)) {
         if let Some(reason) = found.into_iter().flatten().next() {
@@ -675,10 +667,10 @@ pub async fn run(
     }
     let mut failure_saved = failed;
     outbox.send(&producer, &topic);
-    while let Some((_, message)) = inbox.recv().await {
-        match message {
-            Message::Data(_) if failed => {}
-            Message::Data(changes) => match match avro.as_mut() {
+    while let Some(event) = input.next().await {
+        match event {
+            SinkEvent::Changes(_) if failed => {}
+            SinkEvent::Changes(changes) => match match avro.as_mut() {
                 Some(a) => a.encode(&spec, &changes, &status, &name).await,
                 None => encode(&spec, &changes),
             } {
@@ -696,8 +688,7 @@ pub async fn run(
                     }
                 }
             },
-            Message::Watermark(_) => {}
-            Message::Barrier(epoch) => {
+            SinkEvent::Barrier(epoch) => {
                 if !failed {
                     let mut wait = if saved { STUCK_WAIT } else { DELIVERY_WAIT };
                     loop {
@@ -736,7 +727,7 @@ pub async fn run(
                     txn.delete(backlog_key.clone());
                     failure_saved = true;
                 }
-                if !env.checkpoint(epoch, &mut txn, None) {
+                if !input.checkpoint(epoch, &mut txn) {
                     break;
                 }
             }

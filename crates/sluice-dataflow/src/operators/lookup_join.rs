@@ -87,7 +87,7 @@ impl LookupJoin {
         inputs[table] = table_batch;
         let out = self
             .plan
-            .execute(ctx.session, &self.parts.inputs, inputs)
+            .execute(ctx.datafusion, &self.parts.inputs, inputs)
             .await?;
         Ok(ChangeBatch::inserts(out))
     }

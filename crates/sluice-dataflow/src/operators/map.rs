@@ -135,7 +135,7 @@ mod tests {
         let mut late = Vec::new();
         let mut ctx = OpContext {
             txn: &mut txn,
-            session: &session,
+            datafusion: &session,
             late: &mut late,
         };
         let out = map

@@ -175,7 +175,7 @@ mod tests {
         let mut late = Vec::new();
         let mut ctx = OpContext {
             txn: &mut txn,
-            session: &session,
+            datafusion: &session,
             late: &mut late,
         };
         op.process(0, changes, &[], &mut ctx)

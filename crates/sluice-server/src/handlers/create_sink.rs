@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use sluice_common::{ObjectKind, Result, SluiceError};
-use sluice_sql::CreateSink;
+use sluice_sql::{CreateSink, RelationKind};
 
 use crate::engine::{Engine, Output};
 
 pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
+    let done = Output::command("CREATE SINK");
     let options: BTreeMap<String, String> = create.options.iter().cloned().collect();
     // The connection's options count as the sink's own.
     let format = engine.sources().resolve(&options)?.get("format").cloned();
@@ -20,39 +21,74 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
             name: create.from.clone(),
         })?;
     let keyed = upsert || matches!(format.as_deref(), Some("debezium_json" | "debezium_avro"));
-    let key = match (keyed, options.get("primary_key")) {
-        (true, Some(list)) => {
-            let schema = from.schema();
-            list.split(',')
-                .map(|c| {
-                    let c = c.trim().to_lowercase();
-                    schema
-                        .index_of(&c)
-                        .map_err(|_| SluiceError::UndefinedColumn { name: c.clone() })
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
-        (true, None) if upsert => engine.dataflow().unique_key(&from).await?.ok_or_else(|| {
-            SluiceError::InvalidOption {
-                message: format!(
-                    "cannot tell which columns identify a row of \"{}\" for {}",
-                    from.name(),
-                    format.as_deref().unwrap_or("upsert_json")
-                ),
-                hint: Some("name them: primary_key = 'col1, col2'".to_owned()),
+    let key =
+        match (keyed, options.get("primary_key")) {
+            (true, Some(list)) => {
+                let schema = from.schema();
+                list.split(',')
+                    .map(|c| {
+                        let c = c.trim().to_lowercase();
+                        schema
+                            .index_of(&c)
+                            .map_err(|_| SluiceError::UndefinedColumn { name: c.clone() })
+                    })
+                    .collect::<Result<Vec<_>>>()?
             }
-        })?,
-        // Debezium records are keyed (and updates paired) when a key is known.
-        (true, None) => engine
-            .dataflow()
-            .unique_key(&from)
-            .await?
-            .unwrap_or_default(),
-        (false, _) => Vec::new(),
-    };
+            (true, None) if upsert => {
+                engine.planner().unique_key(&from).await?.ok_or_else(|| {
+                    SluiceError::InvalidOption {
+                        message: format!(
+                            "cannot tell which columns identify a row of \"{}\" for {}",
+                            from.name(),
+                            format.as_deref().unwrap_or("upsert_json")
+                        ),
+                        hint: Some("name them: primary_key = 'col1, col2'".to_owned()),
+                    }
+                })?
+            }
+            // Debezium records are keyed (and updates paired) when a key is known.
+            (true, None) => engine
+                .planner()
+                .unique_key(&from)
+                .await?
+                .unwrap_or_default(),
+            (false, _) => Vec::new(),
+        };
     let spawn = engine
         .sources()
         .sink(&create.name, &options, key.clone(), from.kind())?;
-    engine.dataflow().create_sink(create, key, spawn).await?;
-    Ok(Output::command("CREATE SINK"))
+    let catalog = engine.catalog();
+    let _writer = catalog.lock_writes().await;
+    if let Some(existing) = catalog.get(&create.name)? {
+        if create.if_not_exists && existing.kind() == RelationKind::Sink {
+            return Ok(done);
+        }
+        return Err(SluiceError::DuplicateObject {
+            kind: existing.kind().into(),
+            name: create.name.clone(),
+        });
+    }
+    // Looked up again under the lock: it may have been dropped meanwhile.
+    let from = catalog
+        .get(&create.from)?
+        .ok_or_else(|| SluiceError::UndefinedObject {
+            kind: ObjectKind::Relation,
+            name: create.from.clone(),
+        })?;
+    if from.kind() == RelationKind::Sink {
+        return Err(SluiceError::WrongObjectType {
+            message: format!(
+                "\"{}\" is a sink: a sink reads a stream, table or view",
+                from.name()
+            ),
+            hint: None,
+        });
+    }
+    from.check_not_failed()?;
+    let relation = catalog.new_sink(&create.name, &from, options, key)?;
+    engine
+        .dataflow()
+        .install_sink(relation, &from, spawn)
+        .await?;
+    Ok(done)
 }

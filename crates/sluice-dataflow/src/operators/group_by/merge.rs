@@ -61,11 +61,11 @@ impl GroupBy {
             .collect();
         let partial = self
             .plan
-            .execute(ctx.session, &self.parts.inputs, vec![changes.batch])
+            .execute(ctx.datafusion, &self.parts.inputs, vec![changes.batch])
             .await?;
         let old_batch = self.plan.decode(&old)?;
         let parts = concat_batches(&self.plan.schema, [&old_batch, &partial])?;
-        let new = self.merge_rows(ctx.session, merge, parts).await?;
+        let new = self.merge_rows(ctx.datafusion, merge, parts).await?;
         let (change, new_rows) = self.plan.diff(&old, &new)?;
         for (key, row) in self.output_keys(&new)?.into_iter().zip(new_rows) {
             ctx.txn.put(partition_prefix(prefix, MERGED, &key), row);

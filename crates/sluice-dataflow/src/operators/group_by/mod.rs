@@ -207,7 +207,7 @@ impl GroupBy {
         let batch = self.parts.inputs[0].decode(&input_rows)?;
         let new = self
             .plan
-            .execute(ctx.session, &self.parts.inputs, vec![batch])
+            .execute(ctx.datafusion, &self.parts.inputs, vec![batch])
             .await?;
         self.replace_groups(ctx, prefix, &old, &new)
     }
@@ -279,7 +279,7 @@ impl Operator for GroupBy {
         let batch = self.parts.inputs[0].decode(&rows)?;
         let new = self
             .plan
-            .execute(ctx.session, &self.parts.inputs, vec![batch])
+            .execute(ctx.datafusion, &self.parts.inputs, vec![batch])
             .await?;
         let (change, new_rows) = self.plan.diff(&[], &new)?;
         if self.merged() {

@@ -233,11 +233,11 @@ impl Join {
         after[input] = self.parts.inputs[input].decode(&changed)?;
         let old = self
             .plan
-            .execute(ctx.session, &self.parts.inputs, before)
+            .execute(ctx.datafusion, &self.parts.inputs, before)
             .await?;
         let new = self
             .plan
-            .execute(ctx.session, &self.parts.inputs, after)
+            .execute(ctx.datafusion, &self.parts.inputs, after)
             .await?;
         let old = self.plan.encode(&old)?;
         Ok(self.plan.diff(&old, &new)?.0)
@@ -296,7 +296,7 @@ impl Join {
             inputs[other] = other_batch.clone();
             let joined = self
                 .plan
-                .execute(ctx.session, &self.parts.inputs, inputs)
+                .execute(ctx.datafusion, &self.parts.inputs, inputs)
                 .await?;
             let n = joined.num_rows();
             out.push(if sign > 0 {

@@ -436,7 +436,7 @@ pub(crate) async fn recompute_per_key(
             inputs.push(codec.decode(&rows)?);
         }
         let old = parts.load(ctx, prefix, OUTPUT, &key)?;
-        let new = plan.execute(ctx.session, &parts.inputs, inputs).await?;
+        let new = plan.execute(ctx.datafusion, &parts.inputs, inputs).await?;
         let (change, new_rows) = plan.diff(&old, &new)?;
         ctx.txn
             .delete_prefix(partition_prefix(prefix, OUTPUT, &key))?;

@@ -70,7 +70,7 @@ async fn events_meet_the_version_of_their_time_and_old_versions_go() {
     let mut late = Vec::new();
     let mut ctx = OpContext {
         txn: &mut txn,
-        session: &session,
+        datafusion: &session,
         late: &mut late,
     };
     let state = b"op".to_vec();

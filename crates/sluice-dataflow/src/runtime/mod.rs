@@ -20,6 +20,24 @@
 //! values stay in memory as a cache of hot keys, trimmed when it outgrows
 //! its budget.
 
+//! Files: `dataflow.rs` ([`Dataflow`], what the rest of Sluice calls),
+//! `router.rs` (changes and barriers in), `coordinator.rs` (checkpoints
+//! committed), `registry.rs` (the running graph), `rows.rs` (a view's
+//! rows kept), `sink.rs` (what a sink task sees), `system.rs` (the
+//! system tables); this file holds the messages, the task environment and
+//! the operator tasks.
+
+mod coordinator;
+mod dataflow;
+mod registry;
+mod router;
+mod rows;
+mod sink;
+mod system;
+
+pub use dataflow::{Dataflow, DataflowOptions};
+pub use sink::{SinkEvent, SinkInput, SpawnSink};
+
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -95,7 +113,7 @@ pub struct TaskEnv {
     /// The state store (committed state; each task overlays its own writes).
     pub store: Arc<dyn StateBackend>,
     /// DataFusion, for operators that evaluate plans.
-    pub session: SessionContext,
+    pub datafusion: SessionContext,
     /// Where reports go.
     pub reports: mpsc::UnboundedSender<Report>,
     /// The newest committed epoch.
@@ -421,7 +439,7 @@ impl Task {
                     }
                     let mut ctx = OpContext {
                         txn: &mut txn,
-                        session: &env.session,
+                        datafusion: &env.datafusion,
                         late: &mut late,
                     };
                     let processed = match chains.get(input) {
@@ -454,7 +472,7 @@ impl Task {
                         watermark_moved = false;
                         let mut ctx = OpContext {
                             txn: &mut txn,
-                            session: &env.session,
+                            datafusion: &env.datafusion,
                             late: &mut late,
                         };
                         let closed = op.on_watermark(watermarks.inputs(), &prefix, &mut ctx);
@@ -568,7 +586,7 @@ mod tests {
         let (_committed_tx, committed) = watch::channel(0u64);
         let env = TaskEnv {
             store: Arc::new(MemoryBackend::new()),
-            session: SessionContext::new(),
+            datafusion: SessionContext::new(),
             reports: reports_tx,
             committed,
             view: 9,

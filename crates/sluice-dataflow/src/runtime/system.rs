@@ -9,13 +9,12 @@
 
 use std::sync::Arc;
 
+use super::Dataflow;
+use crate::Node;
 use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::TableProvider;
 use sluice_catalog::{Relation, SystemTable};
-use sluice_dataflow::Node;
-
-use crate::Dataflow;
 
 /// One stateful operator of a running view.
 #[derive(Debug, Clone)]
