@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sluice_catalog::{Catalog, Relation};
+use datafusion::arrow::array::RecordBatch;
+use sluice_catalog::{Catalog, Relation, Replay};
 use sluice_common::{Result, SluiceError};
 use sluice_sql::{CreateRelation, RelationKind};
 use tokio::task::JoinHandle;
@@ -112,6 +113,38 @@ pub trait Connector: Send + Sync + 'static {
     ) -> Result<(Arc<SourceStatus>, SpawnSink)> {
         let _ = (cx, options, key, from);
         Err(not_a_sink(self.name(), &format!("sink \"{name}\"")))
+    }
+
+    /// For a source that generates its events instead of reading them (so
+    /// its stream keeps no log, only the position): the events of `stream`
+    /// before `position` (partition -> next offset), generated again for a
+    /// view that back-fills. `None` for a source whose rows are stored.
+    fn regenerate(
+        &self,
+        stream: &Relation,
+        position: &BTreeMap<i32, i64>,
+    ) -> Option<Result<RecordBatch>> {
+        let _ = (stream, position);
+        None
+    }
+}
+
+/// The catalog's [`Replay`] hook: asks the connector of the stream (by its
+/// `connector` option) to [`Connector::regenerate`] its past events.
+#[derive(Debug)]
+pub(crate) struct Regenerate;
+
+impl Replay for Regenerate {
+    fn replay(
+        &self,
+        stream: &Relation,
+        position: &BTreeMap<i32, i64>,
+    ) -> Option<Result<RecordBatch>> {
+        let name = stream.entry().options.get("connector")?;
+        registry()
+            .iter()
+            .find(|c| c.name() == name)?
+            .regenerate(stream, position)
     }
 }
 

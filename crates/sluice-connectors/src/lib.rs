@@ -52,7 +52,7 @@ fn poisoned() -> SluiceError {
 impl Sources {
     /// No sources yet; connectors get what `policy` allows.
     pub fn new(catalog: Arc<Catalog>, policy: Policy) -> Result<Arc<Self>> {
-        catalog.set_replay(Arc::new(nexmark::NexmarkReplay))?;
+        catalog.set_replay(Arc::new(connector::Regenerate))?;
         Ok(Arc::new(Sources {
             cx: Context {
                 catalog,

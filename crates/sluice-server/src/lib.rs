@@ -10,7 +10,7 @@ mod encode;
 pub mod engine;
 mod handlers;
 mod limits;
-mod session;
+mod protocol;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 
 pub use auth::AuthSettings;
 pub use engine::{Engine, Output};
-pub use session::SessionService;
+pub use protocol::QueryService;
 pub use sluice_dataflow::DataflowOptions;
 pub use sluice_planner::register_functions;
 
@@ -38,7 +38,7 @@ pub use sluice_planner::register_functions;
 pub struct Server {
     listener: TcpListener,
     engine: Arc<Engine>,
-    service: Arc<SessionService>,
+    service: Arc<QueryService>,
     auth: AuthSettings,
     /// Logged-in connections by backend key, for CancelRequests.
     cancel: Arc<ConnectionManager>,
@@ -94,7 +94,7 @@ impl Server {
         Ok(Server {
             listener,
             engine: engine.clone(),
-            service: Arc::new(SessionService::new(engine).with_limits(limits)),
+            service: Arc::new(QueryService::new(engine).with_limits(limits)),
             auth: AuthSettings::from_config(config),
             cancel: Arc::new(ConnectionManager::new()),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -234,7 +234,7 @@ fn refuse_connection(socket: &tokio::net::TcpStream) {
 
 /// The handlers of one connection.
 struct Handlers {
-    service: Arc<SessionService>,
+    service: Arc<QueryService>,
     startup: Arc<auth::Startup>,
     cancel: Arc<ConnectionManager>,
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{can_cast_types, cast, concat_batches};
 use datafusion::arrow::datatypes::SchemaRef;
-use sluice_catalog::{Catalog, Relation, Replay};
+use sluice_catalog::{Catalog, Relation};
 use sluice_common::{Result, SluiceError};
 use sluice_sql::{CreateRelation, RelationKind};
 
@@ -313,20 +313,19 @@ async fn run_split(
     Ok(())
 }
 
-/// Regenerates the events of nexmark streams for views created later.
+/// The nexmark connector.
 #[derive(Debug)]
-pub struct NexmarkReplay;
+pub struct Nexmark;
 
-impl Replay for NexmarkReplay {
-    fn replay(
+use crate::connector::OptionDoc as D;
+
+impl crate::connector::Connector for Nexmark {
+    fn regenerate(
         &self,
         stream: &Relation,
         position: &BTreeMap<i32, i64>,
     ) -> Option<Result<RecordBatch>> {
         let options = &stream.entry().options;
-        if options.get("connector").map(String::as_str) != Some("nexmark") {
-            return None;
-        }
         Some((|| {
             let source = NexmarkSource::parse(RelationKind::Stream, stream.name(), options)?;
             let schema = stream.schema();
@@ -349,15 +348,7 @@ impl Replay for NexmarkReplay {
             Ok(concat_batches(&schema, &batches)?)
         })())
     }
-}
 
-/// The nexmark connector.
-#[derive(Debug)]
-pub struct Nexmark;
-
-use crate::connector::OptionDoc as D;
-
-impl crate::connector::Connector for Nexmark {
     fn name(&self) -> &'static str {
         "nexmark"
     }

@@ -8,7 +8,7 @@ mod create_view;
 mod describe;
 mod drop;
 mod flush;
-mod session;
+mod settings;
 mod show;
 
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub async fn execute(engine: &Engine, statement: &Statement) -> Result<Output> {
         }
         Statement::ShowConnections => connection::show(engine),
         Statement::DescribeConnection(name) => connection::describe(engine, name),
-        Statement::Sql(sql) => session::execute(sql),
+        Statement::Sql(sql) => settings::execute(sql),
     }
 }
 
@@ -50,7 +50,7 @@ pub fn result_schema(statement: &Statement) -> Option<SchemaRef> {
         Statement::ShowConnections => Some(connection::show_schema()),
         Statement::DescribeConnection(_) => Some(connection::describe_schema()),
         Statement::ExplainCreateView(_) => Some(text_schema(&["QUERY PLAN"])),
-        Statement::Sql(sql) => session::result_schema(sql),
+        Statement::Sql(sql) => settings::result_schema(sql),
         _ => None,
     }
 }

@@ -1,6 +1,6 @@
-//! The pgwire side of a session: the simple and extended query protocols,
-//! turning [`Output`]s into Postgres responses and [`SluiceError`]s into
-//! Postgres errors with their SQLSTATE.
+//! The pgwire protocol side of a connection: the simple and extended query
+//! protocols, turning [`Output`]s into Postgres responses and [`SluiceError`]s
+//! into Postgres errors with their SQLSTATE.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -81,16 +81,16 @@ fn to_response(
 
 /// Handles both query protocols for every connection of a server.
 #[derive(Debug)]
-pub struct SessionService {
+pub struct QueryService {
     engine: Arc<Engine>,
     parser: Arc<StatementParser>,
     limits: Limits,
 }
 
-impl SessionService {
+impl QueryService {
     /// A service running statements on `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
-        SessionService {
+        QueryService {
             parser: Arc::new(StatementParser {
                 engine: engine.clone(),
             }),
@@ -117,7 +117,7 @@ fn parse(sql: &str) -> sluice_common::Result<Vec<sluice_sql::Statement>> {
 }
 
 #[async_trait]
-impl SimpleQueryHandler for SessionService {
+impl SimpleQueryHandler for QueryService {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -242,7 +242,7 @@ impl QueryParser for StatementParser {
 }
 
 #[async_trait]
-impl ExtendedQueryHandler for SessionService {
+impl ExtendedQueryHandler for QueryService {
     type Statement = Prepared;
     type QueryParser = StatementParser;
 

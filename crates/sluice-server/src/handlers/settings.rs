@@ -1,4 +1,4 @@
-//! Statements about the session rather than the data: `SET`, `SHOW`
+//! Statements about the connection's settings rather than the data: `SET`, `SHOW`
 //! of a setting, and transaction blocks (`BEGIN` / `COMMIT` / `ROLLBACK`),
 //! which drivers such as psycopg and JDBC send on their own.
 //!
