@@ -420,9 +420,19 @@ impl Catalog {
 
     /// Commits a writer's transaction (the relation's rows, the views'
     /// state and rows) atomically, never in the middle of a query's reads.
+    /// It is durable once [`Self::durable`] returns: a statement is
+    /// acknowledged only after that (group commit: the writer lock is not
+    /// held across the disk sync, so concurrent writers share one).
     pub async fn commit(&self, txn: StateTxn) -> Result<()> {
         let _exclusive = self.commits.write().await;
-        Ok(txn.commit()?)
+        Ok(txn.commit_relaxed()?)
+    }
+
+    /// Waits until every write committed so far is on disk; callers that
+    /// arrive while a sync is in flight share the next one. Cheap when
+    /// nothing is pending.
+    pub async fn durable(&self) -> Result<()> {
+        sync_store(self.store.clone()).await
     }
 
     /// Holds off commits while a query reads its relations, so that all of
@@ -787,3 +797,15 @@ impl Catalog {
 #[cfg(test)]
 #[path = "catalog_tests.rs"]
 mod tests;
+
+/// Syncs `store`'s writes so far (off the async threads: it waits for the
+/// disk).
+pub async fn sync_store(store: Arc<dyn StateBackend>) -> Result<()> {
+    if !store.needs_sync() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || store.sync())
+        .await
+        .map_err(|e| SluiceError::internal(format!("WAL sync task: {e}")))??;
+    Ok(())
+}

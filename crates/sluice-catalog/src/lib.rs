@@ -17,7 +17,7 @@ mod provider;
 mod rows;
 mod system;
 
-pub use catalog::{Catalog, Created, Relation};
+pub use catalog::{sync_store, Catalog, Created, Relation};
 pub use changelog::{changelog_key, failure_key, ChangeListener, LoggedChange};
 pub use changes::{state_prefix, RowSource};
 pub use entry::{Column, ConnectionEntry, RelationEntry, Watermark};

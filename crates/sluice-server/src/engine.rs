@@ -220,8 +220,20 @@ impl Engine {
         Ok(Prepared { statement, plan })
     }
 
-    /// Runs a prepared statement with its parameter values.
+    /// Runs a prepared statement with its parameter values. Returns once
+    /// what it wrote is durable (its commit shares a disk sync with the
+    /// statements that commit meanwhile).
     pub async fn execute(
+        &self,
+        prepared: &Prepared,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        let output = self.execute_unsynced(prepared, params).await;
+        self.catalog.durable().await?;
+        output
+    }
+
+    async fn execute_unsynced(
         &self,
         prepared: &Prepared,
         params: Option<ParamValues>,

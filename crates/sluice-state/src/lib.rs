@@ -114,6 +114,19 @@ pub trait StateBackend: Send + Sync + 'static {
         self.write(batch)
     }
 
+    /// Makes every write that returned before this call durable. Writers
+    /// that call it while a sync is in flight share the next one (group
+    /// commit): N concurrent writers pay about one disk sync, not N.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether some write that returned is not durable yet (so that
+    /// [`Self::sync`] would wait for the disk).
+    fn needs_sync(&self) -> bool {
+        false
+    }
+
     /// Every key-value pair whose key starts with `prefix`, in key order, from
     /// one consistent snapshot.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>>;

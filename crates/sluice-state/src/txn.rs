@@ -344,6 +344,17 @@ impl StateTxn {
         self.settled_deletes.clear();
     }
 
+    /// Writes everything atomically, durable once the store's
+    /// [`StateBackend::sync`] returns (what a statement waits for before
+    /// it is acknowledged).
+    pub fn commit_relaxed(mut self) -> Result<()> {
+        let batch = self.take_writes();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write_relaxed(batch)
+    }
+
     /// Writes everything, atomically and durably.
     pub fn commit(mut self) -> Result<()> {
         let batch = self.take_writes();

@@ -39,10 +39,20 @@ impl SinkInput {
 
     /// The next change or barrier; `None` once the dataflow stops.
     /// Watermarks are not passed on: a sink writes changes as they come.
+    /// A change is handed over only once the writes it came from are on
+    /// disk, so nothing leaves Sluice that a crash could take back.
     pub async fn next(&mut self) -> Option<SinkEvent> {
         loop {
             match self.inbox.recv().await?.1 {
-                Message::Data(changes) => return Some(SinkEvent::Changes(changes)),
+                Message::Data(changes) => {
+                    // A failing disk holds the sink up (and, through its
+                    // barriers, the checkpoints) until the sync succeeds.
+                    while let Err(e) = sluice_catalog::sync_store(self.env.store.clone()).await {
+                        tracing::error!(sink = %self.env.name, error = %e, "cannot sync the state store; the sink waits");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    return Some(SinkEvent::Changes(changes));
+                }
                 Message::Barrier(epoch) => return Some(SinkEvent::Barrier(epoch)),
                 Message::Watermark(_) => {}
             }
