@@ -59,14 +59,13 @@ pub async fn execute(engine: &Engine, create: &CreateSink) -> Result<Output> {
         .sink(&create.name, &options, key.clone(), from.kind())?;
     let catalog = engine.catalog();
     let _writer = catalog.lock_writes().await;
-    if let Some(existing) = catalog.get(&create.name)? {
-        if create.if_not_exists && existing.kind() == RelationKind::Sink {
-            return Ok(done);
-        }
-        return Err(SluiceError::DuplicateObject {
-            kind: existing.kind().into(),
-            name: create.name.clone(),
-        });
+    if super::already_exists(
+        catalog,
+        &create.name,
+        create.if_not_exists,
+        RelationKind::Sink,
+    )? {
+        return Ok(done);
     }
     // Looked up again under the lock: it may have been dropped meanwhile.
     let from = catalog

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
-use sluice_common::{Result, SluiceError};
+use sluice_common::Result;
 use sluice_sql::{CreateView, RelationKind};
 
 use crate::engine::{Engine, Output};
@@ -14,14 +14,13 @@ pub async fn execute(engine: &Engine, create: &CreateView) -> Result<Output> {
     let done = Output::command("CREATE MATERIALIZED VIEW");
     let catalog = engine.catalog();
     let _writer = catalog.lock_writes().await;
-    if let Some(existing) = catalog.get(&create.name)? {
-        if create.if_not_exists && existing.kind() == RelationKind::View {
-            return Ok(done);
-        }
-        return Err(SluiceError::DuplicateObject {
-            kind: existing.kind().into(),
-            name: create.name.clone(),
-        });
+    if super::already_exists(
+        catalog,
+        &create.name,
+        create.if_not_exists,
+        RelationKind::View,
+    )? {
+        return Ok(done);
     }
     let id = catalog.next_id()?;
     let planned = engine.planner().plan_view(create, id).await?;

@@ -99,3 +99,22 @@ fn text_schema(names: &[&str]) -> SchemaRef {
             .collect::<Vec<_>>(),
     ))
 }
+
+/// Whether `name` is already a relation of `kind` and the statement said
+/// `IF NOT EXISTS` (nothing to do); any other relation of that name is a
+/// `42P07`. Call with the writer lock held.
+fn already_exists(
+    catalog: &sluice_catalog::Catalog,
+    name: &str,
+    if_not_exists: bool,
+    kind: sluice_sql::RelationKind,
+) -> Result<bool> {
+    match catalog.get(name)? {
+        None => Ok(false),
+        Some(existing) if if_not_exists && existing.kind() == kind => Ok(true),
+        Some(existing) => Err(SluiceError::DuplicateObject {
+            kind: existing.kind().into(),
+            name: name.to_owned(),
+        }),
+    }
+}
